@@ -1,0 +1,215 @@
+"""Model registry: ``build_model(name, num_classes, in_channels, **options)``.
+
+Every model takes images in pixel space (the threat model's bounds) and returns logits. Optional
+mean/std normalisation is a layer *inside* the model, so attacks never need to know about it.
+The exact constructor arguments are recorded in checkpoints, so a model can be rebuilt from
+JSON alone (see :mod:`robustlab.checkpoint`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "softplus": nn.Softplus,
+}
+
+
+def make_activation(name: str) -> nn.Module:
+    """A fresh activation module by name (relu | gelu | silu | softplus)."""
+    key = str(name).lower()
+    if key not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}: expected one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[key]()
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel, as the model's first layer."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        mean_t = torch.as_tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+        std_t = torch.as_tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
+        if (std_t <= 0).any():
+            raise ValueError(f"normalisation std must be > 0, got {list(std)}")
+        self.register_buffer("mean", mean_t)
+        self.register_buffer("std", std_t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def _maybe_norm(in_channels: int, mean: Sequence[float] | None, std: Sequence[float] | None) -> nn.Module:
+    if mean is None and std is None:
+        return nn.Identity()
+    mean = [0.0] * in_channels if mean is None else list(mean)
+    std = [1.0] * in_channels if std is None else list(std)
+    if len(mean) != in_channels or len(std) != in_channels:
+        raise ValueError(f"mean/std need {in_channels} values (one per channel), got {mean} / {std}")
+    return Normalize(mean, std)
+
+
+class SmallCNN(nn.Module):
+    """The course's simple CNN: conv-pool, conv-pool, dense, dense.
+
+    Global pooling is not used, so the dense layer sees the spatial map: input size is fixed at
+    build time (``input_size``), 28 for (Fashion-)MNIST, 32 for CIFAR-10, 8 for digits.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        input_size: int = 28,
+        channels: Sequence[int] = (32, 64),
+        hidden: int = 128,
+        batchnorm: bool = False,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        c1, c2 = channels
+        self.normalize = _maybe_norm(in_channels, mean, std)
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=not batchnorm)]
+            if batchnorm:
+                layers.append(nn.BatchNorm2d(cout))
+            layers += [make_activation(activation), nn.MaxPool2d(2)]
+            return nn.Sequential(*layers)
+
+        self.features = nn.Sequential(block(in_channels, c1), block(c1, c2))
+        side = input_size // 4
+        if side < 1:
+            raise ValueError(f"input_size {input_size} is too small for two 2x2 poolings")
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(c2 * side * side, hidden),
+            make_activation(activation),
+            nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(self.normalize(x)))
+
+
+class MLP(nn.Module):
+    """A fully connected network on flattened pixels."""
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        input_size: int = 28,
+        hidden: Sequence[int] = (256, 128),
+        activation: str = "relu",
+        batchnorm: bool = False,
+        dropout: float = 0.0,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.normalize = _maybe_norm(in_channels, mean, std)
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_channels * input_size * input_size
+        for h in hidden:
+            layers.append(nn.Linear(width, h))
+            if batchnorm:
+                layers.append(nn.BatchNorm1d(h))
+            layers.append(make_activation(activation))
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block (two 3x3 convs, BatchNorm, identity or 1x1 shortcut)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, activation: str) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.act1 = make_activation(activation)
+        self.act2 = make_activation(activation)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.act2(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """CIFAR-style ResNet-18 (3x3 stem, no max-pool); global average pooling makes it accept
+    28x28 as well as 32x32 inputs. ``width`` scales the channel counts (64 by default)."""
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        input_size: int = 32,
+        width: int = 64,
+        activation: str = "relu",
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.normalize = _maybe_norm(in_channels, mean, std)
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), make_activation(activation)
+        )
+        stages: list[nn.Module] = []
+        cin = width
+        for i, mult in enumerate((1, 2, 4, 8)):
+            cout = width * mult
+            stride = 1 if i == 0 else 2
+            stages.append(nn.Sequential(BasicBlock(cin, cout, stride, activation), BasicBlock(cout, cout, 1, activation)))
+            cin = cout
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.stem(self.normalize(x))))
+
+
+MODELS: dict[str, type[nn.Module]] = {"small-cnn": SmallCNN, "mlp": MLP, "resnet18": ResNet18}
+
+
+def build_model(name: str, num_classes: int = 10, in_channels: int = 1, **options: Any) -> nn.Module:
+    """Build a registered model by name. Options are passed to its constructor; unknown options
+    are an error (a typo must not silently give a different model)."""
+    key = str(name).lower()
+    if key not in MODELS:
+        raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
+    if int(num_classes) < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    if int(in_channels) < 1:
+        raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+    cls = MODELS[key]
+    import inspect
+
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "num_classes", "in_channels"}
+    unknown = set(options) - allowed
+    if unknown:
+        raise ValueError(f"unknown option(s) for {key}: {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}")
+    model = cls(num_classes=int(num_classes), in_channels=int(in_channels), **options)
+    model.robustlab_config = {"name": key, "num_classes": int(num_classes), "in_channels": int(in_channels), **options}  # type: ignore[assignment]
+    return model

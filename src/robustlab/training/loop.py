@@ -1,0 +1,265 @@
+"""The one training loop: epochs, batches, optimiser, schedule, seed, progress, history, resume.
+
+Objectives plug in (see :mod:`.objectives`); the loop never changes for a new defence. After each
+epoch it records clean test accuracy (and, when given a monitor attack, adversarial accuracy on
+a fixed test subset) to ``history.jsonl``, saves the model, and saves one atomic training-state
+file, so a run killed at any point resumes from its last finished epoch and ends with the same
+weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..checkpoint import atomic_write_json, atomic_write_text, load_state, save_model, save_state
+from .objectives import Objective
+
+STATE_FILE = "train_state.safetensors"
+HISTORY_FILE = "history.jsonl"
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("none", "cosine", "step", "onecycle")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides the result of a training run (recorded in model.json)."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "none"
+    seed: int = 0
+    eval_batch_size: int = 1000
+    progress: bool = True
+    monitor_n: int = 500
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("progress")
+        return d
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Per-batch schedules (stepped after every optimiser step)."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[int(total * 0.5), int(total * 0.75)], gamma=0.1)
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
+    return None
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    """Clean accuracy in eval mode (mode restored afterwards)."""
+    was = model.training
+    model.eval()
+    try:
+        correct = 0
+        for i in range(0, len(x), batch_size):
+            correct += int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+    finally:
+        model.train(was)
+    return correct / max(len(x), 1)
+
+
+def robust_accuracy_of(attack: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    """Accuracy on ``attack``'s examples (the attack guards the model state itself)."""
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+        x_adv = attack(model, xb, yb)
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            correct += int((model(x_adv).argmax(1) == yb).sum())
+            model.train(was)
+    return correct / max(len(x), 1)
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from_epoch: int = 0
+
+
+def _seed_all(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(
+    model: nn.Module,
+    objective: Objective,
+    train_data: tuple[torch.Tensor, torch.Tensor],
+    test_data: tuple[torch.Tensor, torch.Tensor] | None,
+    config: TrainConfig,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    monitor_attack: Any | None = None,
+    metadata: dict[str, Any] | None = None,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place with ``objective``.
+
+    ``train_data``/``test_data`` are (x, y) tensors already on the model's device. With a
+    ``run_dir`` the model, ``history.jsonl`` and a training state are written atomically after
+    every epoch; ``resume=True`` continues from that state. ``monitor_attack`` (an Attack) adds
+    an adversarial accuracy on the first ``config.monitor_n`` test images to each history line.
+    """
+    x_train, y_train = train_data
+    if len(x_train) != len(y_train) or len(x_train) == 0:
+        raise ValueError(f"train_data needs matching non-empty x and y, got {len(x_train)} and {len(y_train)}")
+    run = Path(run_dir) if run_dir is not None else None
+    _seed_all(config.seed)
+    steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
+    opt = make_optimizer(model, config)
+    sched = make_scheduler(opt, config, steps_per_epoch)
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+
+    if resume:
+        if run is None or not (run / STATE_FILE).is_file():
+            raise ValueError(f"nothing to resume: no {STATE_FILE} in {run}")
+        state = load_state(run / STATE_FILE)
+        inner = getattr(model, "module", model)
+        inner.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None and state.get("scheduler") is not None:
+            sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        history = list(state["history"])
+        start_epoch = int(state["epoch"])
+
+    device = x_train.device
+    for epoch in range(start_epoch, config.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+        order = order.to(device)
+        sums: dict[str, float] = {}
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            disable=not config.progress,
+            leave=False,
+            unit="batch",
+        )
+        logs_acc: dict[str, torch.Tensor] = {}
+        for b in bar:
+            idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+            xb, yb = x_train[idx], y_train[idx]
+            loss, logs = objective(model, xb, yb)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {float(loss)} at epoch {epoch + 1}, batch {b}; lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            for k, v in logs.items():
+                v = v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
+                logs_acc[k] = logs_acc.get(k, 0) + v
+            if config.progress and b % 20 == 0:
+                bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.close()
+        sums = {f"train_{k}": float(v) / steps_per_epoch for k, v in logs_acc.items()}
+        line: dict[str, Any] = {"epoch": epoch + 1, **sums, "lr": opt.param_groups[0]["lr"], "train_seconds": round(time.perf_counter() - t0, 3)}
+        if test_data is not None:
+            line["clean_accuracy"] = accuracy(model, *test_data, batch_size=config.eval_batch_size)
+            if monitor_attack is not None:
+                n = min(config.monitor_n, len(test_data[0]))
+                line["adv_accuracy"] = robust_accuracy_of(monitor_attack, model, test_data[0][:n], test_data[1][:n], config.eval_batch_size)
+                line["adv_attack"] = repr(monitor_attack)
+        line["seconds"] = round(time.perf_counter() - t0, 3)
+        history.append(line)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, line)
+        if config.progress:
+            shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in line.items() if k not in ("adv_attack",))
+            tqdm.write(shown)
+        if run is not None:
+            _write_epoch(run, model, opt, sched, epoch + 1, history, config, objective, metadata)
+    return TrainResult(history=history, resumed_from_epoch=start_epoch)
+
+
+def _write_epoch(run: Path, model: nn.Module, opt, sched, epoch: int, history, config: TrainConfig, objective, metadata) -> None:
+    """Model, history and training state for one finished epoch. The state file is written last:
+    it is the commit point that ``resume`` trusts; model and history are derived from it."""
+    inner = getattr(model, "module", model)
+    meta = dict(metadata or {})
+    meta.update({"training": config.to_dict(), "objective": objective.config(), "epoch": epoch, "last": history[-1]})
+    save_model(inner, run, **meta)
+    atomic_write_text(run / HISTORY_FILE, "".join(json.dumps(h, sort_keys=True) + "\n" for h in history))
+    save_state(
+        run / STATE_FILE,
+        {
+            "epoch": epoch,
+            "model": inner.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict() if sched is not None else None,
+            "rng": torch.get_rng_state(),
+            "history": history,
+            "config": config.to_dict(),
+        },
+    )
+
+
+def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
+    p = Path(run_dir) / HISTORY_FILE
+    if not p.is_file():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def write_metrics(run_dir: str | Path, metrics: dict[str, Any]) -> None:
+    """Merge ``metrics`` into the run's metrics.json (atomically)."""
+    p = Path(run_dir) / "metrics.json"
+    old: dict[str, Any] = {}
+    if p.is_file():
+        try:
+            old = json.loads(p.read_text())
+        except json.JSONDecodeError:
+            old = {}
+    old.update(metrics)
+    atomic_write_json(p, old)
