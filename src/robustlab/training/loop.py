@@ -171,6 +171,9 @@ def train(
         history = list(state["history"])
         start_epoch = int(state["epoch"])
 
+    setup = getattr(objective, "setup", None)
+    if callable(setup):
+        setup(model, (x_train, y_train))
     device = x_train.device
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()

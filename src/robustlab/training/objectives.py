@@ -3,39 +3,361 @@
 The training loop knows nothing about attacks; an objective turns (model, x, y) into a scalar loss
 plus a few numbers to log. Adversarial objectives craft their examples through the public
 ``Attack`` call, which leaves the model's train mode and parameters exactly as it found them.
+
+Registered names (``build_objective``): clean, fgsm-at, pgd-at, mix, fast-at, trades, alp,
+adv-reg, noise. (``offline`` retraining is a pipeline, see :mod:`.offline`.)
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+import copy
+import inspect
+import warnings
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..attacks import FGSM, PGD, Attack, build_attack
+from ..threat import ThreatModel
+
+Logs = dict[str, Any]
+
 
 @runtime_checkable
 class Objective(Protocol):
-    """A per-batch training loss. ``name`` and ``config()`` are recorded in checkpoints."""
+    """A per-batch training loss. ``name`` and ``config()`` are recorded in checkpoints.
+
+    Optional: ``setup(model, train_data)`` is called once before the first batch.
+    """
 
     name: str
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Return (scalar loss to minimise, logs). Logs hold detached tensors or floats."""
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
+        """Return (scalar loss to minimise, logs of detached tensors or floats)."""
         ...
 
     def config(self) -> dict[str, Any]: ...
 
 
-class Clean:
+def _acc(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (logits.detach().argmax(1) == y).float().mean()
+
+
+class _Configured:
+    """Records constructor arguments for ``config()``."""
+
+    name = "objective"
+    _options: dict[str, Any]
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, **self._options}
+
+
+class Clean(_Configured):
     """Standard training: cross-entropy on the clean batch."""
 
     name = "clean"
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    def __init__(self) -> None:
+        self._options = {}
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
         logits = model(x)
         loss = F.cross_entropy(logits, y)
-        return loss, {"loss": loss.detach(), "acc": (logits.argmax(1) == y).float().mean()}
+        return loss, {"loss": loss.detach(), "acc": _acc(logits, y)}
 
-    def config(self) -> dict[str, Any]:
-        return {"name": self.name}
+
+class _Adversarial(_Configured):
+    """Shared plumbing: a threat model and the attack that crafts training examples."""
+
+    def __init__(self, eps: float, norm: str, **options: Any) -> None:
+        self.threat = ThreatModel(norm, eps)
+        self._options = {"eps": self.threat.eps, "norm": self.threat.norm, **options}
+
+    def _labels(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, predicted: bool) -> torch.Tensor:
+        if not predicted:
+            return y
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            pred = model(x).argmax(1)
+            model.train(was)
+        return pred
+
+
+class FGSMAT(_Adversarial):
+    """The course schedule: gradient of CE on the clean batch plus gradient of CE on its FGSM
+    batch (crafted with the current weights), one update with the sum."""
+
+    name = "fgsm-at"
+
+    def __init__(self, eps: float = 0.1, norm: str = "linf") -> None:
+        super().__init__(eps, norm)
+        self.attack = FGSM(self.threat)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
+        x_adv = self.attack(model, x, y)
+        logits = model(torch.cat([x, x_adv]))
+        lc, la = logits[: len(x)], logits[len(x) :]
+        loss_c, loss_a = F.cross_entropy(lc, y), F.cross_entropy(la, y)
+        return loss_c + loss_a, {"loss": (loss_c + loss_a).detach(), "clean_loss": loss_c.detach(),
+                                 "adv_loss": loss_a.detach(), "acc": _acc(lc, y), "adv_acc": _acc(la, y)}
+
+
+class PGDAT(_Adversarial):
+    """Madry et al. 2018: train on PGD examples. ``predicted_labels`` crafts against the model's
+    own predictions (no label leaking); ``mixed`` uses (CE(clean) + CE(adv)) / 2."""
+
+    name = "pgd-at"
+
+    def __init__(self, eps: float = 0.1, norm: str = "linf", steps: int = 10, rel_step_size: float = 0.25,
+                 random_start: bool = True, predicted_labels: bool = False, mixed: bool = False) -> None:
+        super().__init__(eps, norm, steps=steps, rel_step_size=rel_step_size, random_start=random_start,
+                         predicted_labels=predicted_labels, mixed=mixed)
+        self.attack = PGD(self.threat, steps=steps, rel_step_size=rel_step_size, random_start=random_start)
+        self.predicted_labels, self.mixed = predicted_labels, mixed
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
+        x_adv = self.attack(model, x, self._labels(model, x, y, self.predicted_labels))
+        if not self.mixed:
+            la = model(x_adv)
+            loss = F.cross_entropy(la, y)
+            return loss, {"loss": loss.detach(), "adv_acc": _acc(la, y)}
+        logits = model(torch.cat([x, x_adv]))
+        lc, la = logits[: len(x)], logits[len(x) :]
+        loss = 0.5 * (F.cross_entropy(lc, y) + F.cross_entropy(la, y))
+        return loss, {"loss": loss.detach(), "acc": _acc(lc, y), "adv_acc": _acc(la, y)}
+
+
+class Mix(_Adversarial):
+    """A fraction of each batch clean, the rest adversarial (e.g. 20% / 80% as in Xie et al. 2019),
+    crafted with any registered attack."""
+
+    name = "mix"
+
+    def __init__(self, eps: float = 0.1, norm: str = "linf", clean_fraction: float = 0.2, attack: str = "pgd",
+                 steps: int = 10, rel_step_size: float = 0.25) -> None:
+        if not 0.0 <= clean_fraction <= 1.0:
+            raise ValueError(f"clean_fraction must be in [0, 1], got {clean_fraction}")
+        super().__init__(eps, norm, clean_fraction=clean_fraction, attack=attack, steps=steps, rel_step_size=rel_step_size)
+        opts: dict[str, Any] = {}
+        if attack in ("pgd", "mim"):
+            opts = {"steps": steps, "rel_step_size": rel_step_size} if attack == "pgd" else {"steps": steps}
+        self.attack: Attack = build_attack(attack, self.threat, **opts)
+        self.clean_fraction = clean_fraction
+
+    def split(self, n: int) -> int:
+        """How many samples of a batch of ``n`` stay clean."""
+        return int(round(self.clean_fraction * n))
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
+        k = self.split(len(x))
+        parts = [x[:k]]
+        if k < len(x):
+            parts.append(self.attack(model, x[k:], y[k:]))
+        logits = model(torch.cat(parts))
+        loss = F.cross_entropy(logits, y)
+        return loss, {"loss": loss.detach(), "acc": _acc(logits, y), "clean_count": float(k)}
+
+
+class FastAT(_Adversarial):
+    """Wong et al. 2020 ("Fast is better than free"): FGSM from a uniform random start with step
+    ``alpha = 1.25 * eps``. Every ``check_every`` batches the PGD accuracy on a monitor batch is
+    measured; if it collapses (drops by more than ``collapse_drop`` below its best) catastrophic
+    overfitting is declared: a warning is raised and, with ``rollback``, the weights return to the
+    last good snapshot."""
+
+    name = "fast-at"
+
+    def __init__(self, eps: float = 0.1, norm: str = "linf", alpha: float | None = None, check_every: int = 100,
+                 monitor_size: int = 256, collapse_drop: float = 0.2, rollback: bool = True) -> None:
+        alpha = 1.25 * eps if alpha is None else alpha
+        super().__init__(eps, norm, alpha=alpha, check_every=check_every, monitor_size=monitor_size,
+                         collapse_drop=collapse_drop, rollback=rollback)
+        self.alpha = float(alpha)
+        self.check_every, self.monitor_size = int(check_every), int(monitor_size)
+        self.collapse_drop, self.rollback = float(collapse_drop), bool(rollback)
+        self._probe = PGD(self.threat, steps=10, rel_step_size=0.25, seed=0)
+        self._batches = 0
+        self._monitor: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._best = -1.0
+        self._snapshot: dict[str, torch.Tensor] | None = None
+        self.events: list[dict[str, Any]] = []
+
+    def setup(self, model: nn.Module, train_data: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Reserve a fixed monitor batch (the last ``monitor_size`` training images)."""
+        x, y = train_data
+        self._monitor = (x[-self.monitor_size :], y[-self.monitor_size :])
+
+    def _check(self, model: nn.Module) -> None:
+        assert self._monitor is not None
+        xm, ym = self._monitor
+        x_adv = self._probe(model, xm, ym)
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            acc = float((model(x_adv).argmax(1) == ym).float().mean())
+            model.train(was)
+        if acc > self._best:
+            self._best = acc
+            self._snapshot = copy.deepcopy(model.state_dict())
+        elif acc < self._best - self.collapse_drop:
+            event = {"batch": self._batches, "pgd_accuracy": acc, "best": self._best, "rolled_back": self.rollback}
+            self.events.append(event)
+            warnings.warn(f"fast-at: catastrophic overfitting detected (monitor PGD accuracy {acc:.3f}, best {self._best:.3f})"
+                          + ("; rolling back to the last good weights" if self.rollback else ""), RuntimeWarning, stacklevel=2)
+            if self.rollback and self._snapshot is not None:
+                model.load_state_dict(self._snapshot)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
+        if self._monitor is not None and self.check_every > 0 and self._batches % self.check_every == 0:
+            self._check(model)
+        self._batches += 1
+        t = self.threat
+        x0 = t.random_start(x)
+        x0.requires_grad_(True)
+        was = model.training
+        model.eval()  # craft with frozen BatchNorm statistics, as every attack does
+        try:
+            (g,) = torch.autograd.grad(F.cross_entropy(model(x0), y), x0)
+        finally:
+            model.train(was)
+        x_adv = t.project(x0.detach() + self.alpha * t.steepest_direction(g), x).detach()
+        logits = model(x_adv)
+        loss = F.cross_entropy(logits, y)
+        return loss, {"loss": loss.detach(), "adv_acc": _acc(logits, y), "monitor_best": self._best}
+
+
+def kl_per_sample(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(p) || softmax(q)) per sample."""
+    return (F.softmax(p_logits, 1) * (F.log_softmax(p_logits, 1) - F.log_softmax(q_logits, 1))).sum(1)
+
+
+class TRADES(_Adversarial):
+    """Zhang et al. 2019: CE(f(x), y) + beta * KL(f(x) || f(x_adv)), x_adv maximising the KL term."""
+
+    name = "trades"
+
+    def __init__(self, eps: float = 0.1, norm: str = "linf", beta: float = 6.0, steps: int = 10, rel_step_size: float = 0.25) -> None:
+        super().__init__(eps, norm, beta=beta, steps=steps, rel_step_size=rel_step_size)
+        self.beta, self.steps, self.rel_step_size = float(beta), int(steps), float(rel_step_size)
+
+    def craft(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            clean = model(x).detach()
+            model.train(was)
+
+        def kl_loss(logits: torch.Tensor, _y: torch.Tensor, _t: torch.Tensor | None) -> torch.Tensor:
+            return kl_per_sample(clean[: len(logits)], logits)
+
+        # Start near x (the KL gradient is zero exactly at x).
+        return PGD(self.threat, steps=self.steps, rel_step_size=self.rel_step_size, random_start=True, loss=kl_loss)(model, x, y)
+
+    def loss_terms(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = model(torch.cat([x, x_adv]))
+        lc, la = logits[: len(x)], logits[len(x) :]
+        return F.cross_entropy(lc, y), kl_per_sample(lc, la).mean(), lc
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
+        x_adv = self.craft(model, x, y)
+        ce, kl, lc = self.loss_terms(model, x, x_adv, y)
+        loss = ce + self.beta * kl
+        return loss, {"loss": loss.detach(), "ce": ce.detach(), "kl": kl.detach(), "acc": _acc(lc, y)}
+
+
+class ALP(_Adversarial):
+    """Adversarial logit pairing (Kannan et al. 2018): w_clean * CE(x) + w_adv * CE(x_adv)
+    + lam * mean ||logits(x) - logits(x_adv)||^2, x_adv from PGD."""
+
+    name = "alp"
+
+    def __init__(self, eps: float = 0.1, norm: str = "linf", lam: float = 0.5, clean_weight: float = 0.5,
+                 adv_weight: float = 0.5, steps: int = 10, rel_step_size: float = 0.25) -> None:
+        super().__init__(eps, norm, lam=lam, clean_weight=clean_weight, adv_weight=adv_weight, steps=steps,
+                         rel_step_size=rel_step_size)
+        self.lam, self.wc, self.wa = float(lam), float(clean_weight), float(adv_weight)
+        self.attack = PGD(self.threat, steps=steps, rel_step_size=rel_step_size)
+
+    def loss_terms(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = model(torch.cat([x, x_adv]))
+        lc, la = logits[: len(x)], logits[len(x) :]
+        pair = (lc - la).pow(2).sum(1).mean()
+        return F.cross_entropy(lc, y), F.cross_entropy(la, y), pair, lc
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
+        x_adv = self.attack(model, x, y)
+        ce_c, ce_a, pair, lc = self.loss_terms(model, x, x_adv, y)
+        loss = self.wc * ce_c + self.wa * ce_a + self.lam * pair
+        return loss, {"loss": loss.detach(), "pairing": pair.detach(), "acc": _acc(lc, y)}
+
+
+class AdvReg(_Adversarial):
+    """Adversarial regularisation with a neighbour loss (Neural Structured Learning):
+    CE(x) + multiplier * CE(x_nbr), x_nbr = x + adv_step_size * (gradient normalised in the
+    chosen norm: sign for Linf, unit L2 for L2)."""
+
+    name = "adv-reg"
+
+    def __init__(self, eps: float | None = None, norm: str = "linf", multiplier: float = 0.2, adv_step_size: float | None = None) -> None:
+        step = adv_step_size if adv_step_size is not None else (eps if eps is not None else 0.1)
+        super().__init__(step, norm, multiplier=multiplier, adv_step_size=step)
+        self.multiplier = float(multiplier)
+        self.attack = FGSM(self.threat)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
+        x_nbr = self.attack(model, x, y)
+        logits = model(torch.cat([x, x_nbr]))
+        lc, ln = logits[: len(x)], logits[len(x) :]
+        sup, nbr = F.cross_entropy(lc, y), F.cross_entropy(ln, y)
+        loss = sup + self.multiplier * nbr
+        return loss, {"loss": loss.detach(), "neighbour_loss": nbr.detach(), "acc": _acc(lc, y)}
+
+
+class NoiseTraining(_Configured):
+    """Train on x + alpha * {-1, +1}^D (clipped to the bounds): the control that shows whether
+    adversarial (gradient-chosen) perturbations matter."""
+
+    name = "noise"
+
+    def __init__(self, alpha: float | None = None, eps: float | None = None, norm: str = "linf") -> None:
+        alpha = alpha if alpha is not None else (eps if eps is not None else 0.1)
+        if alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        self.alpha = float(alpha)
+        self._options = {"alpha": self.alpha}
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
+        signs = torch.randint(0, 2, x.shape, device=x.device, dtype=x.dtype) * 2 - 1
+        logits = model((x + self.alpha * signs).clamp(0.0, 1.0))
+        loss = F.cross_entropy(logits, y)
+        return loss, {"loss": loss.detach(), "acc": _acc(logits, y)}
+
+
+OBJECTIVES: dict[str, Callable[..., Any]] = {
+    "clean": Clean,
+    "fgsm-at": FGSMAT,
+    "pgd-at": PGDAT,
+    "mix": Mix,
+    "fast-at": FastAT,
+    "trades": TRADES,
+    "alp": ALP,
+    "adv-reg": AdvReg,
+    "noise": NoiseTraining,
+}
+
+
+def build_objective(name: str, **options: Any) -> Any:
+    """A registered objective by name; unknown names or options are a ValueError."""
+    key = str(name).strip().lower()
+    if key not in OBJECTIVES:
+        raise ValueError(f"unknown defense {name!r}: expected one of {', '.join(sorted(OBJECTIVES))} or offline")
+    cls = OBJECTIVES[key]
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(f"unknown option(s) for defense {key!r}: {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    return cls(**options)

@@ -1,0 +1,273 @@
+"""The ``robustlab`` command line: train, attack, evaluate, demo.
+
+Bad input ends with exit code 2 and one line naming the problem (no traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+
+
+class _Group(click.Group):
+    """Turns ValueError (our 'bad input' signal) into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (ValueError, FileNotFoundError) as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+
+def _parse_floats(text: str, what: str) -> list[float]:
+    try:
+        vals = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{what} must be a comma-separated list of numbers, got {text!r}") from None
+    if not vals:
+        raise ValueError(f"{what} is empty")
+    return vals
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """KEY=VALUE pairs; values parsed as JSON when possible (numbers, true/false, lists)."""
+    out: dict[str, Any] = {}
+    for p in pairs:
+        if "=" not in p:
+            raise ValueError(f"option {p!r} must look like KEY=VALUE")
+        k, v = p.split("=", 1)
+        try:
+            out[k.strip().replace("-", "_")] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip().replace("-", "_")] = v
+    return out
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="robustlab")
+def main() -> None:
+    """Attack, harden and honestly evaluate image classifiers."""
+
+
+# --- train -----------------------------------------------------------------------------------
+@main.command()
+@click.argument("run_arg", metavar="[RUN]", required=False, type=click.Path(file_okay=False))
+@click.option("--out", "out", type=click.Path(file_okay=False), help="Run directory to write.")
+@click.option("--resume", is_flag=True, help="Continue the run in RUN/--out from its last finished epoch.")
+@click.option("--dataset", default="fashion-mnist", show_default=True, help="fashion-mnist | mnist | cifar10 | digits")
+@click.option("--data-root", default=None, help="Folder with the data files (required for mnist, cifar10).")
+@click.option("--train-limit", type=int, default=None, help="Use only the first N training images.")
+@click.option("--test-limit", type=int, default=None, help="Use only the first N test images.")
+@click.option("--model", "model_name", default="small-cnn", show_default=True, help="small-cnn | mlp | resnet18")
+@click.option("--batchnorm/--no-batchnorm", default=None, help="BatchNorm in small-cnn / mlp.")
+@click.option("--activation", default=None, help="relu | gelu | silu | softplus")
+@click.option("--model-option", "model_option", multiple=True, help="Extra model option KEY=VALUE (repeatable).")
+@click.option("--defense", default="clean", show_default=True, help="Training objective (clean, or an adversarial one).")
+@click.option("--eps", type=float, default=None, help="Defence budget (adversarial objectives).")
+@click.option("--norm", default=None, help="linf | l2 (adversarial objectives).")
+@click.option("--defense-option", "defense_option", multiple=True, help="Objective option KEY=VALUE (repeatable).")
+@click.option("--monitor-attack", default="pgd", show_default=True,
+              help="Attack measured on a fixed test subset after every epoch (history adv_accuracy); 'none' to skip.")
+@click.option("--monitor-eps", type=float, default=None, help="Budget of the monitor attack (default: --eps or 0.1).")
+@click.option("--monitor-n", type=int, default=500, show_default=True, help="Test images for the monitor attack.")
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--optimizer", default="adam", show_default=True, help="sgd | adam | adamw")
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--schedule", default="none", show_default=True, help="none | cosine | step | onecycle")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, model_name, batchnorm, activation,
+          model_option, defense, eps, norm, defense_option, monitor_attack, monitor_eps, monitor_n, epochs,
+          batch_size, optimizer, lr, momentum, weight_decay, schedule, seed, device, quiet) -> None:
+    """Train a model into a run directory (or --resume one)."""
+    from .runs import RunSpec, train_run
+    from .training import TrainConfig
+
+    run = out or run_arg
+    if run is None:
+        raise ValueError("give the run directory: --out RUN (or RUN with --resume)")
+    if out and run_arg and Path(out) != Path(run_arg):
+        raise ValueError(f"two run directories given: {run_arg} and --out {out}")
+    model_options = _parse_options(model_option)
+    if batchnorm is not None:
+        model_options["batchnorm"] = batchnorm
+    if activation is not None:
+        model_options["activation"] = activation
+    defense_options = _parse_options(defense_option)
+    if eps is not None:
+        defense_options["eps"] = eps
+    if norm is not None:
+        defense_options["norm"] = norm
+    monitor = None
+    if monitor_attack and monitor_attack.lower() != "none":
+        monitor = {"attack": monitor_attack, "eps": monitor_eps or eps or 0.1, "norm": norm or "linf"}
+        if monitor_attack == "pgd":
+            monitor.update(steps=20, rel_step_size=0.1, seed=0)
+    spec = RunSpec(
+        dataset=dataset, data_root=data_root, train_limit=train_limit, test_limit=test_limit, model=model_name,
+        model_options=model_options, defense=defense, defense_options=defense_options, monitor=monitor,
+    )
+    config = TrainConfig(
+        epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
+        weight_decay=weight_decay, schedule=schedule, seed=seed, progress=not quiet, monitor_n=monitor_n,
+    )
+    t0 = time.perf_counter()
+    metrics = train_run(spec, run, config, device=device, resume=resume)
+    click.echo(f"clean accuracy {metrics['clean_accuracy']:.4f} on {metrics['test_samples']} test images "
+               f"({time.perf_counter() - t0:.0f}s); run written to {run}")
+
+
+# --- attack ----------------------------------------------------------------------------------
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--attack", "attack_name", default="pgd", show_default=True)
+@click.option("--norm", default="linf", show_default=True)
+@click.option("--eps", type=float, default=0.1, show_default=True)
+@click.option("--steps", type=int, default=None, help="Iterations (iterative attacks).")
+@click.option("--target", type=int, default=None, help="Targeted: move every input toward class K.")
+@click.option("--attack-option", "attack_option", multiple=True, help="Attack option KEY=VALUE (repeatable).")
+@click.option("--n", type=int, default=1000, show_default=True, help="Test images to attack.")
+@click.option("--batch-size", type=int, default=500, show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--device", default="auto", show_default=True)
+def attack(run, attack_name, norm, eps, steps, target, attack_option, n, batch_size, out, device) -> None:
+    """Attack a trained run's test images; save the examples (safetensors) and a JSON summary."""
+    import torch
+
+    from .attacks import build_attack
+    from .checkpoint import atomic_save_safetensors, atomic_write_json, load_model
+    from .runs import load_run_data, resolve_device
+    from .threat import ThreatModel
+
+    dev = resolve_device(device)
+    model = load_model(run, map_location=dev)
+    x, y, info = load_run_data(run, "test", dev, limit=n)
+    threat = ThreatModel(norm, eps)
+    opts = _parse_options(attack_option)
+    if steps is not None:
+        opts["steps"] = steps
+    atk = build_attack(attack_name, threat, **opts)
+    if target is not None and not 0 <= target < info.num_classes:
+        raise ValueError(f"--target {target} is outside [0, {info.num_classes - 1}]")
+    t0 = time.perf_counter()
+    xs, succ, pred = [], [], []
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+        tb = None if target is None else torch.full_like(yb, target)
+        res = atk.run(model, xb, yb, target=tb)
+        xs.append(res.x_adv)
+        succ.append(res.success)
+        with torch.no_grad():
+            pred.append(model(res.x_adv).argmax(1))
+    seconds = time.perf_counter() - t0
+    x_adv, success, pred_adv = torch.cat(xs), torch.cat(succ), torch.cat(pred)
+    with torch.no_grad():
+        clean_pred = torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+    correct = clean_pred == y
+    delta = (x_adv - x).flatten(1)
+    summary = {
+        "attack": repr(atk), "attack_name": attack_name, "threat": threat.to_dict(), "options": opts,
+        "target": target, "n": len(x), "clean_accuracy": float(correct.float().mean()),
+        "adversarial_accuracy": float((pred_adv == y).float().mean()),
+        "success_rate_on_correct": float((success & correct).float().sum() / max(int(correct.sum()), 1)),
+        "mean_l2": float(delta.norm(dim=1).mean()), "max_linf": float(delta.abs().amax(1).max()),
+        "seconds": round(seconds, 3),
+    }
+    outp = Path(out)
+    atomic_save_safetensors({"x": x.cpu(), "x_adv": x_adv.cpu(), "y": y.cpu(), "pred_adv": pred_adv.cpu(),
+                             "clean_pred": clean_pred.cpu()}, outp / "adversarial.safetensors")
+    atomic_write_json(outp / "summary.json", summary)
+    click.echo(f"{attack_name}: clean {summary['clean_accuracy']:.4f} -> adversarial {summary['adversarial_accuracy']:.4f}, "
+               f"success on correct {summary['success_rate_on_correct']:.4f} ({seconds:.1f}s); written to {outp}")
+
+
+# --- evaluate --------------------------------------------------------------------------------
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--attacks", "attack_names", default=None, help="Comma-separated attacks, e.g. fgsm,pgd,mim.")
+@click.option("--suite", default=None, help="quick | standard | full")
+@click.option("--eps", "eps_text", default="0.1", show_default=True, help="Budget, or a comma-separated list (curve).")
+@click.option("--norm", default="linf", show_default=True)
+@click.option("--steps", type=int, default=None, help="Iterations for the iterative attacks in --attacks.")
+@click.option("--n", type=int, default=None, help="Test images (default: all).")
+@click.option("--batch-size", type=int, default=500, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--quiet", is_flag=True)
+def evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as_json, device, quiet) -> None:
+    """Clean accuracy, and robust accuracy under attacks or a suite; writes RUN/metrics.json."""
+    from .attacks import build_attack
+    from .checkpoint import load_model
+    from .evaluation import clean_accuracy, evaluate as run_eval
+    from .runs import load_run_data, resolve_device
+    from .threat import ThreatModel
+    from .training import write_metrics
+
+    dev = resolve_device(device)
+    model = load_model(run, map_location=dev)
+    x, y, _ = load_run_data(run, "test", dev, limit=n)
+    t0 = time.perf_counter()
+    metrics: dict[str, Any] = {"clean_accuracy": clean_accuracy(model, x, y, batch_size), "test_samples": len(y)}
+    if attack_names and suite:
+        raise ValueError("give --attacks or --suite, not both")
+    if attack_names or suite:
+        curve = []
+        for eps in _parse_floats(eps_text, "--eps"):
+            threat = ThreatModel(norm, eps)
+            if suite:
+                attacks: Any = suite
+            else:
+                attacks = []
+                for name in [a.strip() for a in attack_names.split(",") if a.strip()]:
+                    opts: dict[str, Any] = {"seed": 0} if name in ("pgd", "noise") else {}
+                    if steps is not None and name in ("pgd", "mim", "cw"):
+                        opts["steps"] = steps
+                    attacks.append(build_attack(name, threat, **opts))
+            res = run_eval(model, x, y, threat, attacks, batch_size=batch_size, progress=not quiet)
+            curve.append({"eps": eps, "robust_accuracy": res.robust_accuracy, "per_attack": res.per_attack,
+                          "details": res.to_dict(per_sample=False)})
+        last = curve[-1]
+        metrics.update({"robust_accuracy": last["robust_accuracy"], "per_attack": last["per_attack"],
+                        "eps": last["eps"], "norm": norm, "suite": suite, "evaluation": last["details"]})
+        if len(curve) > 1:
+            metrics["eps_curve"] = [{k: c[k] for k in ("eps", "robust_accuracy", "per_attack")} for c in curve]
+    metrics["evaluate_seconds"] = round(time.perf_counter() - t0, 2)
+    write_metrics(run, metrics)
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+        return
+    click.echo(f"clean accuracy   {metrics['clean_accuracy']:.4f}  ({len(y)} test images)")
+    if "per_attack" in metrics:
+        for name, acc in metrics["per_attack"].items():
+            click.echo(f"{name:<16} {acc:.4f}")
+        click.echo(f"robust (worst)   {metrics['robust_accuracy']:.4f}  at {norm} eps={metrics['eps']:g}")
+    click.echo(f"metrics written to {Path(run) / 'metrics.json'}")
+
+
+# --- demo ------------------------------------------------------------------------------------
+@main.command()
+@click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--epochs", type=int, default=8, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--quiet", is_flag=True)
+def demo(out, epochs, device, quiet) -> None:
+    """The embedded default: Fashion-MNIST, small CNN, then attacks on it."""
+    from .demo import run_demo
+
+    run_demo(Path(out), epochs=epochs, device=device, progress=not quiet)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

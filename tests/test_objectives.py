@@ -1,0 +1,147 @@
+"""Each objective's loss is what it claims to be."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from robustlab.models import build_model
+from robustlab.training import OBJECTIVES, build_objective
+from robustlab.training.objectives import ALP, TRADES, AdvReg, FGSMAT, Mix, NoiseTraining, PGDAT, kl_per_sample
+
+
+@pytest.fixture()
+def batch(digits):
+    xtr, ytr, _, _ = digits
+    return xtr[:32], ytr[:32]
+
+
+@pytest.fixture()
+def model():
+    torch.manual_seed(0)
+    return build_model("small-cnn", 10, 1, input_size=8, channels=(8, 16), hidden=32, batchnorm=True).train()
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_every_objective_gives_a_finite_differentiable_loss_and_keeps_train_mode(name, model, batch):
+    x, y = batch
+    obj = build_objective(name, **({} if name == "clean" else {"eps": 0.1} if name != "noise" else {"alpha": 0.1}))
+    if hasattr(obj, "setup"):
+        obj.setup(model, batch)
+    loss, logs = obj(model, x, y)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert model.training, "crafting must not leave the model in eval mode"
+    assert obj.config()["name"] == name
+
+
+def test_fgsm_at_is_clean_plus_fgsm_loss(model, batch):
+    x, y = batch
+    obj = FGSMAT(eps=0.1)
+    model.eval()  # compare without BatchNorm batch statistics coupling the two halves
+    loss, logs = obj(model, x, y)
+    x_adv = obj.attack(model, x, y)
+    assert not torch.equal(x_adv, x)
+    ref = F.cross_entropy(model(x), y) + F.cross_entropy(model(x_adv), y)
+    assert torch.allclose(loss, ref, atol=1e-5)
+    assert torch.allclose(logs["adv_loss"], F.cross_entropy(model(x_adv), y), atol=1e-5)
+
+
+def test_alp_with_lambda_zero_equals_its_ce_terms(model, batch):
+    x, y = batch
+    model.eval()
+    alp = ALP(eps=0.1, lam=0.0, clean_weight=0.3, adv_weight=0.7)
+    x_adv = alp.attack(model, x, y)
+    ce_c, ce_a, pair, _ = alp.loss_terms(model, x, x_adv, y)
+    assert torch.allclose(ce_c, F.cross_entropy(model(x), y), atol=1e-6)
+    assert torch.allclose(ce_a, F.cross_entropy(model(x_adv), y), atol=1e-6)
+    assert torch.allclose(pair, (model(x) - model(x_adv)).pow(2).sum(1).mean(), atol=1e-5)
+    torch.manual_seed(1)
+    loss, _ = alp(model, x, y)
+    torch.manual_seed(1)
+    x_adv = alp.attack(model, x, y)
+    assert torch.allclose(loss, 0.3 * F.cross_entropy(model(x), y) + 0.7 * F.cross_entropy(model(x_adv), y), atol=1e-5)
+
+
+def test_trades_kl_is_zero_on_identical_inputs_and_positive_on_adversarial(model, batch):
+    x, y = batch
+    model.eval()
+    t = TRADES(eps=0.1, beta=6.0)
+    ce, kl, _ = t.loss_terms(model, x, x.clone(), y)
+    assert float(kl.detach()) == pytest.approx(0.0, abs=1e-7)
+    assert torch.allclose(ce, F.cross_entropy(model(x), y), atol=1e-6)
+    x_adv = t.craft(model, x, y)
+    _, kl_adv, _ = t.loss_terms(model, x, x_adv, y)
+    # the crafted point raises the KL more than a random point of the same ball
+    _, kl_rand, _ = t.loss_terms(model, x, (x + 0.1 * torch.randn_like(x).sign()).clamp(0, 1), y)
+    assert float(kl_adv) > float(kl_rand) > 0
+    assert torch.allclose(kl_per_sample(model(x), model(x)), torch.zeros(len(x)), atol=1e-6)
+
+
+@pytest.mark.parametrize("fraction,expected", [(0.2, 6), (0.0, 0), (1.0, 32), (0.5, 16)])
+def test_mix_uses_the_stated_fraction(fraction, expected, model, batch):
+    x, y = batch
+    m = Mix(eps=0.1, clean_fraction=fraction, steps=2)
+    assert m.split(32) == expected
+    seen = []
+    orig = m.attack.__class__.__call__
+
+    def spy(self, model, xs, ys=None, **kw):
+        seen.append(len(xs))
+        return orig(self, model, xs, ys, **kw)
+
+    m.attack.__class__.__call__ = spy
+    try:
+        _, logs = m(model, x, y)
+    finally:
+        m.attack.__class__.__call__ = orig
+    assert logs["clean_count"] == expected
+    assert seen == ([32 - expected] if expected < 32 else [])
+    with pytest.raises(ValueError, match="clean_fraction"):
+        Mix(clean_fraction=1.5)
+
+
+def test_pgd_at_predicted_labels_and_mixed_loss(model, batch):
+    x, y = batch
+    model.eval()
+    obj = PGDAT(eps=0.1, steps=3, predicted_labels=True, mixed=True)
+    pred = model(x).argmax(1)
+    assert torch.equal(obj._labels(model, x, y, True), pred)
+    torch.manual_seed(0)
+    loss, _ = obj(model, x, y)
+    torch.manual_seed(0)
+    x_adv = obj.attack(model, x, pred)
+    assert torch.allclose(loss, 0.5 * (F.cross_entropy(model(x), y) + F.cross_entropy(model(x_adv), y)), atol=1e-5)
+
+
+def test_adv_reg_neighbour_is_a_normalised_gradient_step(model, batch):
+    x, y = batch
+    model.eval()
+    obj = AdvReg(adv_step_size=0.05, multiplier=0.2)
+    x_nbr = obj.attack(model, x, y)
+    inside = (x > 0.05) & (x < 0.95)
+    assert torch.allclose((x_nbr - x).abs()[inside], torch.full_like(x[inside], 0.05), atol=1e-6)
+    loss, _ = obj(model, x, y)
+    assert torch.allclose(loss, F.cross_entropy(model(x), y) + 0.2 * F.cross_entropy(model(x_nbr), y), atol=1e-5)
+
+
+def test_noise_training_perturbs_by_alpha_signs(batch):
+    x, y = batch
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, inp):
+            seen.append(inp)
+            return torch.zeros(len(inp), 10, requires_grad=True)
+
+    NoiseTraining(alpha=0.1)(Spy(), x, y)
+    d = (seen[0] - x)[(x > 0.1) & (x < 0.9)]
+    assert torch.allclose(d.abs(), torch.full_like(d, 0.1), atol=1e-6)
+    assert 0.4 < float((d > 0).float().mean()) < 0.6
+
+
+def test_unknown_defense_and_options():
+    with pytest.raises(ValueError, match="unknown defense 'madry'"):
+        build_objective("madry")
+    with pytest.raises(ValueError, match="unknown option.*stepz"):
+        build_objective("pgd-at", stepz=3)
