@@ -6,6 +6,7 @@ Bad input ends with exit code 2 and one line naming the problem (no traceback).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,22 @@ def _parse_floats(text: str, what: str) -> list[float]:
     if not vals:
         raise ValueError(f"{what} is empty")
     return vals
+
+
+def _argv_without_nproc(argv: list[str]) -> list[str]:
+    """The command line minus ``--nproc N`` / ``--nproc=N`` (for the torchrun relaunch)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        out.append(a)
+    return out
 
 
 def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -87,13 +104,20 @@ def main() -> None:
 @click.option("--schedule", default="none", show_default=True, help="none | cosine | step | onecycle")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
+@click.option("--nproc", type=int, default=1, show_default=True,
+              help="Processes for data-parallel training (torch.distributed via torchrun; gloo on CPU, nccl on CUDA).")
+@click.option("--sync-bn", is_flag=True, help="SyncBatchNorm across processes (with --nproc > 1).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, model_name, batchnorm, activation,
           model_option, defense, eps, norm, defense_option, monitor_attack, monitor_eps, monitor_n, epochs,
-          batch_size, optimizer, lr, momentum, weight_decay, schedule, seed, device, quiet) -> None:
+          batch_size, optimizer, lr, momentum, weight_decay, schedule, seed, nproc, sync_bn, device, quiet) -> None:
     """Train a model into a run directory (or --resume one)."""
+    from .distributed import relaunch, shutdown
     from .runs import RunSpec, train_run
     from .training import TrainConfig
+
+    if nproc != 1:
+        sys.exit(relaunch(nproc, _argv_without_nproc(sys.argv[1:])))
 
     run = out or run_arg
     if run is None:
@@ -122,9 +146,15 @@ def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, mod
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
         weight_decay=weight_decay, schedule=schedule, seed=seed, progress=not quiet, monitor_n=monitor_n,
+        sync_batchnorm=sync_bn,
     )
     t0 = time.perf_counter()
-    metrics = train_run(spec, run, config, device=device, resume=resume)
+    try:
+        metrics = train_run(spec, run, config, device=device, resume=resume)
+    finally:
+        shutdown()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     click.echo(f"clean accuracy {metrics['clean_accuracy']:.4f} on {metrics['test_samples']} test images "
                f"({time.perf_counter() - t0:.0f}s); run written to {run}")
 
@@ -267,6 +297,48 @@ def demo(out, epochs, device, quiet) -> None:
     from .demo import run_demo
 
     run_demo(Path(out), epochs=epochs, device=device, progress=not quiet)
+
+
+# --- report ----------------------------------------------------------------------------------
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for report.html and its PNGs.")
+@click.option("--eps", type=float, default=0.1, show_default=True, help="Budget of the report's adversarial examples.")
+@click.option("--norm", default="linf", show_default=True)
+@click.option("--n-examples", type=int, default=8, show_default=True, help="Adversarial examples shown per run.")
+@click.option("--no-artifacts", is_flag=True, help="Only read what the runs already hold; compute nothing.")
+@click.option("--device", default="auto", show_default=True)
+def report(runs, out, eps, norm, n_examples, no_artifacts, device) -> None:
+    """An HTML report (self-contained, with figures) on one or more runs: RUN [RUN ...]."""
+    from .artifacts import read_manifest, write_artifacts
+    from .checkpoint import MODEL_WEIGHTS
+    from .report import build_report
+    from .threat import ThreatModel
+
+    threat = ThreatModel(norm, eps)  # bad --norm / --eps: ValueError, exit 2
+    if threat.eps <= 0:
+        raise ValueError(f"--eps must be > 0, got {eps}")
+    if n_examples < 1:
+        raise ValueError(f"--n-examples must be >= 1, got {n_examples}")
+    if not no_artifacts:
+        first_with_artifacts = None
+        for run in runs:
+            have = read_manifest(run)
+            fresh = (have is not None and have.get("eps") == threat.eps and have.get("norm") == threat.norm
+                     and have.get("n_examples") == n_examples)
+            if fresh:
+                click.echo(f"artifacts of {run} are up to date")
+            elif not (Path(run) / MODEL_WEIGHTS).is_file():
+                click.echo(f"no {MODEL_WEIGHTS} in {run}: report without artifacts", err=True)
+                continue
+            else:
+                t0 = time.perf_counter()
+                write_artifacts(run, n_examples=n_examples, eps=threat.eps, norm=threat.norm, device=device,
+                                compare_run=first_with_artifacts)
+                click.echo(f"artifacts of {run} written ({time.perf_counter() - t0:.1f}s)")
+            first_with_artifacts = first_with_artifacts or run
+    path = build_report([Path(r) for r in runs], Path(out))
+    click.echo(str(path))
 
 
 if __name__ == "__main__":  # pragma: no cover

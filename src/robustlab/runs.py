@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .checkpoint import atomic_write_json
-from .training.loop import STATE_FILE, TrainConfig, accuracy, train, write_metrics
+from .training.loop import STATE_FILE, TrainConfig, sharded_accuracy, train, write_metrics
 
 CONFIG_FILE = "config.json"
 
@@ -94,8 +94,11 @@ def train_run(spec: RunSpec, run_dir: str | Path, config: TrainConfig, device: s
     """Train (or resume) the run in ``run_dir`` and return its metrics."""
     from .models import build_model
 
+    from .distributed import dist_info, init_from_env, wrap
+
     run = Path(run_dir)
-    dev = resolve_device(device)
+    dev = init_from_env(resolve_device(device))
+    rank, _world = dist_info()
     if resume:
         cfg_path = run / CONFIG_FILE
         if not cfg_path.is_file() or not (run / STATE_FILE).is_file():
@@ -117,12 +120,13 @@ def train_run(spec: RunSpec, run_dir: str | Path, config: TrainConfig, device: s
     model = build_model(spec.model, info.num_classes, c, **opts).to(dev)
     monitor = build_monitor(spec)
     run.mkdir(parents=True, exist_ok=True)
-    if not resume:
+    if not resume and rank == 0:
         atomic_write_json(run / CONFIG_FILE, {"spec": spec.to_dict(), "training": config.to_dict()})
     metadata = {"dataset": info.to_dict(), "spec": spec.to_dict()}
     if spec.defense == "offline":
         return _offline_run(spec, run, config, (x_tr, y_tr), (x_te, y_te), info, opts, metadata, resume)
     objective = build_objective(spec, info)
+    model = wrap(model, dev, config.sync_batchnorm)
     result = train(
         model,
         objective,
@@ -135,14 +139,15 @@ def train_run(spec: RunSpec, run_dir: str | Path, config: TrainConfig, device: s
         metadata=metadata,
     )
     metrics = {
-        "clean_accuracy": accuracy(model, x_te, y_te, config.eval_batch_size),
+        "clean_accuracy": sharded_accuracy(model, x_te, y_te, config.eval_batch_size),
         "test_samples": int(len(y_te)),
         "epochs": config.epochs,
         "train_seconds": round(sum(h.get("seconds", 0.0) for h in result.history), 2),
     }
     if result.history and "adv_accuracy" in result.history[-1]:
         metrics["monitor_adv_accuracy"] = result.history[-1]["adv_accuracy"]
-    write_metrics(run, metrics)
+    if rank == 0:
+        write_metrics(run, metrics)
     return metrics
 
 

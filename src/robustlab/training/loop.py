@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..distributed import average_buffers, dist_info, sum_across_ranks, unwrap
 from ..checkpoint import atomic_write_json, atomic_write_text, load_state, save_model, save_state
 from .objectives import Objective
 
@@ -44,6 +45,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     progress: bool = True
     monitor_n: int = 500
+    sync_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -112,6 +114,25 @@ def robust_accuracy_of(attack: Any, model: nn.Module, x: torch.Tensor, y: torch.
     return correct / max(len(x), 1)
 
 
+def sharded_accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, attack: Any | None = None
+) -> float:
+    """Clean (or, with ``attack``, adversarial) accuracy; under torch.distributed each rank scores
+    every world-th sample and the counts are summed, so the result equals a single-process run."""
+    rank, world = dist_info()
+    xs, ys = (x[rank::world], y[rank::world]) if world > 1 else (x, y)
+    inner = unwrap(model)
+    if len(xs) == 0:
+        correct = 0.0
+    elif attack is None:
+        correct = accuracy(inner, xs, ys, batch_size) * len(xs)
+    else:
+        correct = robust_accuracy_of(attack, inner, xs, ys, batch_size) * len(xs)
+    if world > 1:
+        correct = sum_across_ranks(correct, x.device)
+    return correct / max(len(x), 1)
+
+
 @dataclass
 class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -153,6 +174,9 @@ def train(
     run = Path(run_dir) if run_dir is not None else None
     _seed_all(config.seed)
     steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
+    rank, world = dist_info()
+    if world > 1 and 0 < len(x_train) % config.batch_size < world:
+        steps_per_epoch -= 1  # a last batch smaller than the world would leave a rank without data
     opt = make_optimizer(model, config)
     sched = make_scheduler(opt, config, steps_per_epoch)
     history: list[dict[str, Any]] = []
@@ -162,8 +186,7 @@ def train(
         if run is None or not (run / STATE_FILE).is_file():
             raise ValueError(f"nothing to resume: no {STATE_FILE} in {run}")
         state = load_state(run / STATE_FILE)
-        inner = getattr(model, "module", model)
-        inner.load_state_dict(state["model"])
+        unwrap(model).load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         if sched is not None and state.get("scheduler") is not None:
             sched.load_state_dict(state["scheduler"])
@@ -184,13 +207,15 @@ def train(
         bar = tqdm(
             range(steps_per_epoch),
             desc=f"epoch {epoch + 1}/{config.epochs}",
-            disable=not config.progress,
+            disable=not config.progress or rank != 0,
             leave=False,
             unit="batch",
         )
         logs_acc: dict[str, torch.Tensor] = {}
         for b in bar:
             idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+            if world > 1:
+                idx = idx[rank::world]  # each rank trains (and crafts) on its own shard of the global batch
             xb, yb = x_train[idx], y_train[idx]
             loss, logs = objective(model, xb, yb)
             if not torch.isfinite(loss):
@@ -206,22 +231,25 @@ def train(
             if config.progress and b % 20 == 0:
                 bar.set_postfix(loss=f"{float(loss):.3f}")
         bar.close()
+        average_buffers(model)
         sums = {f"train_{k}": float(v) / steps_per_epoch for k, v in logs_acc.items()}
         line: dict[str, Any] = {"epoch": epoch + 1, **sums, "lr": opt.param_groups[0]["lr"], "train_seconds": round(time.perf_counter() - t0, 3)}
         if test_data is not None:
-            line["clean_accuracy"] = accuracy(model, *test_data, batch_size=config.eval_batch_size)
+            line["clean_accuracy"] = sharded_accuracy(model, *test_data, batch_size=config.eval_batch_size)
             if monitor_attack is not None:
                 n = min(config.monitor_n, len(test_data[0]))
-                line["adv_accuracy"] = robust_accuracy_of(monitor_attack, model, test_data[0][:n], test_data[1][:n], config.eval_batch_size)
+                line["adv_accuracy"] = sharded_accuracy(
+                    model, test_data[0][:n], test_data[1][:n], config.eval_batch_size, attack=monitor_attack
+                )
                 line["adv_attack"] = repr(monitor_attack)
         line["seconds"] = round(time.perf_counter() - t0, 3)
         history.append(line)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, line)
-        if config.progress:
+        if config.progress and rank == 0:
             shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in line.items() if k not in ("adv_attack",))
             tqdm.write(shown)
-        if run is not None:
+        if run is not None and rank == 0:
             _write_epoch(run, model, opt, sched, epoch + 1, history, config, objective, metadata)
     return TrainResult(history=history, resumed_from_epoch=start_epoch)
 
@@ -229,7 +257,7 @@ def train(
 def _write_epoch(run: Path, model: nn.Module, opt, sched, epoch: int, history, config: TrainConfig, objective, metadata) -> None:
     """Model, history and training state for one finished epoch. The state file is written last:
     it is the commit point that ``resume`` trusts; model and history are derived from it."""
-    inner = getattr(model, "module", model)
+    inner = unwrap(model)
     meta = dict(metadata or {})
     meta.update({"training": config.to_dict(), "objective": objective.config(), "epoch": epoch, "last": history[-1]})
     save_model(inner, run, **meta)

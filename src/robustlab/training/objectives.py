@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks import FGSM, PGD, Attack, build_attack
+from ..distributed import unwrap
 from ..threat import ThreatModel
 
 Logs = dict[str, Any]
@@ -79,6 +80,7 @@ class _Adversarial(_Configured):
     def _labels(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, predicted: bool) -> torch.Tensor:
         if not predicted:
             return y
+        model = unwrap(model)
         with torch.no_grad():
             was = model.training
             model.eval()
@@ -98,7 +100,7 @@ class FGSMAT(_Adversarial):
         self.attack = FGSM(self.threat)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
-        x_adv = self.attack(model, x, y)
+        x_adv = self.attack(unwrap(model), x, y)
         logits = model(torch.cat([x, x_adv]))
         lc, la = logits[: len(x)], logits[len(x) :]
         loss_c, loss_a = F.cross_entropy(lc, y), F.cross_entropy(la, y)
@@ -120,7 +122,7 @@ class PGDAT(_Adversarial):
         self.predicted_labels, self.mixed = predicted_labels, mixed
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
-        x_adv = self.attack(model, x, self._labels(model, x, y, self.predicted_labels))
+        x_adv = self.attack(unwrap(model), x, self._labels(model, x, y, self.predicted_labels))
         if not self.mixed:
             la = model(x_adv)
             loss = F.cross_entropy(la, y)
@@ -156,7 +158,7 @@ class Mix(_Adversarial):
         k = self.split(len(x))
         parts = [x[:k]]
         if k < len(x):
-            parts.append(self.attack(model, x[k:], y[k:]))
+            parts.append(self.attack(unwrap(model), x[k:], y[k:]))
         logits = model(torch.cat(parts))
         loss = F.cross_entropy(logits, y)
         return loss, {"loss": loss.detach(), "acc": _acc(logits, y), "clean_count": float(k)}
@@ -193,6 +195,7 @@ class FastAT(_Adversarial):
 
     def _check(self, model: nn.Module) -> None:
         assert self._monitor is not None
+        model = unwrap(model)
         xm, ym = self._monitor
         x_adv = self._probe(model, xm, ym)
         with torch.no_grad():
@@ -218,12 +221,13 @@ class FastAT(_Adversarial):
         t = self.threat
         x0 = t.random_start(x)
         x0.requires_grad_(True)
-        was = model.training
-        model.eval()  # craft with frozen BatchNorm statistics, as every attack does
+        inner = unwrap(model)
+        was = inner.training
+        inner.eval()  # craft with frozen BatchNorm statistics, as every attack does
         try:
-            (g,) = torch.autograd.grad(F.cross_entropy(model(x0), y), x0)
+            (g,) = torch.autograd.grad(F.cross_entropy(inner(x0), y), x0)
         finally:
-            model.train(was)
+            inner.train(was)
         x_adv = t.project(x0.detach() + self.alpha * t.steepest_direction(g), x).detach()
         logits = model(x_adv)
         loss = F.cross_entropy(logits, y)
@@ -245,6 +249,7 @@ class TRADES(_Adversarial):
         self.beta, self.steps, self.rel_step_size = float(beta), int(steps), float(rel_step_size)
 
     def craft(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        model = unwrap(model)
         with torch.no_grad():
             was = model.training
             model.eval()
@@ -289,7 +294,7 @@ class ALP(_Adversarial):
         return F.cross_entropy(lc, y), F.cross_entropy(la, y), pair, lc
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
-        x_adv = self.attack(model, x, y)
+        x_adv = self.attack(unwrap(model), x, y)
         ce_c, ce_a, pair, lc = self.loss_terms(model, x, x_adv, y)
         loss = self.wc * ce_c + self.wa * ce_a + self.lam * pair
         return loss, {"loss": loss.detach(), "pairing": pair.detach(), "acc": _acc(lc, y)}
@@ -309,7 +314,7 @@ class AdvReg(_Adversarial):
         self.attack = FGSM(self.threat)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
-        x_nbr = self.attack(model, x, y)
+        x_nbr = self.attack(unwrap(model), x, y)
         logits = model(torch.cat([x, x_nbr]))
         lc, ln = logits[: len(x)], logits[len(x) :]
         sup, nbr = F.cross_entropy(lc, y), F.cross_entropy(ln, y)
