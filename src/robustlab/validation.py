@@ -33,6 +33,7 @@ def check_images(x: object, threat: ThreatModel | None = None, name: str = "x") 
         raise ValueError(f"{name} must have a batch dimension (N, ...), got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
+    x = x.detach()
     if not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} contains {bad} NaN or infinite values")
@@ -69,8 +70,8 @@ def check_same_device(model: nn.Module, **tensors: torch.Tensor | None) -> None:
     """All tensors on one device, the model's, with the model's floating dtype for images."""
     dev, dtype = model_device_dtype(model)
     for name, t in tensors.items():
-        if t is None:
-            continue
+        if not isinstance(t, torch.Tensor):
+            continue  # None, or a non-tensor that the specific check rejects with its own message
         if dev is not None and t.device != dev:
             raise ValueError(f"{name} is on {t.device} but the model is on {dev}; move them together")
     x = tensors.get("x")

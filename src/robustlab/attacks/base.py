@@ -1,0 +1,221 @@
+"""The contract every attack keeps.
+
+``attack(model, x, y, target=None)`` returns a new, detached tensor of ``x``'s shape, dtype and
+device, inside the threat model's eps-ball and bounds. The model is left exactly as found
+(train/eval mode of every submodule, parameters, buffers, ``requires_grad`` flags, ``.grad``) and
+the caller's ``x`` is never written to. Subclasses implement ``_attack`` as one short loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Iterator, NamedTuple
+
+import torch
+from torch import nn
+
+from ..threat import ThreatModel
+from ..validation import check_images, check_labels, check_logits, check_same_device
+from .losses import LossFn, get_loss
+
+
+@contextlib.contextmanager
+def model_guard(model: nn.Module, eval_mode: bool = True) -> Iterator[nn.Module]:
+    """Run the body with the model in eval mode (BatchNorm statistics frozen) and its parameters
+    not requiring grad (so no ``.grad`` accumulates and no weight gradients are computed), then
+    restore every module's mode and every parameter's flag exactly."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    # In train mode BatchNorm would update its running statistics: keep copies to restore.
+    buffers = [] if eval_mode else [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        if eval_mode:
+            model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for m, mode in modes:
+            m.training = mode
+
+
+@dataclass
+class AttackResult:
+    """What an attack produced, per sample.
+
+    ``success``: the final example fools the model (untargeted: prediction != y; targeted:
+    prediction == target). ``distance``: perturbation size in the threat model's norm.
+    ``queries``: forward passes spent per sample where the attack counts them (black-box attacks).
+    """
+
+    x_adv: torch.Tensor
+    success: torch.Tensor
+    distance: torch.Tensor
+    queries: torch.Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Crafted(NamedTuple):
+    """What ``_attack`` may return instead of a bare tensor: the examples, optional per-sample
+    query counts, and optional per-sample success when the attack already measured it on the
+    returned points (saves the base class one forward pass)."""
+
+    x_adv: torch.Tensor
+    queries: torch.Tensor | None = None
+    success: torch.Tensor | None = None
+
+
+def is_adversarial(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    """Per-sample success: the prediction differs from y (untargeted) or equals target."""
+    pred = logits.argmax(1)
+    return pred != y if target is None else pred == target
+
+
+class Attack(ABC):
+    """Base class: input checks, model-state guard, seeding, success bookkeeping.
+
+    Args:
+        threat: the perturbation set.
+        loss: name of a loss in :mod:`robustlab.attacks.losses` or a callable
+            ``(logits, y, target) -> (N,)`` that the attack ascends.
+        eval_mode: run the model in eval mode (default); restored afterwards either way.
+        seed: seed for the attack's own randomness (random starts, noise); None uses torch's
+            global generator.
+        early_stop: stop attacking a sample as soon as it is misclassified (for fixed-budget
+            robust-accuracy evaluation; it changes nothing about the accuracy, only the cost).
+    """
+
+    name: str = "attack"
+    uses_gradients: bool = True
+
+    def __init__(
+        self,
+        threat: ThreatModel,
+        *,
+        loss: str | LossFn = "ce",
+        eval_mode: bool = True,
+        seed: int | None = None,
+        early_stop: bool = False,
+    ) -> None:
+        if not isinstance(threat, ThreatModel):
+            raise ValueError(f"threat must be a robustlab.ThreatModel, got {type(threat).__name__}")
+        self.threat = threat
+        self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
+        self.loss_fn = get_loss(loss)
+        self.eval_mode = bool(eval_mode)
+        self.seed = seed
+        self.early_stop = bool(early_stop)
+
+    def __repr__(self) -> str:
+        t = self.threat
+        return f"{type(self).__name__}(norm={t.norm}, eps={t.eps:g})"
+
+    # --- public ---------------------------------------------------------------------------
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, target: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Adversarial examples for ``x``. With ``y=None`` the model's own predictions are used
+        as labels (no label leaking); with ``target`` the attack is targeted."""
+        return self.run(model, x, y, target=target).x_adv
+
+    def run(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, target: torch.Tensor | None = None
+    ) -> AttackResult:
+        """Like ``__call__`` but returns an :class:`AttackResult` with per-sample success and size."""
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_images(x, self.threat)
+        check_same_device(model, x=x, y=y, target=target)
+        x0 = x.detach().clone()
+        with model_guard(model, self.eval_mode):
+            with torch.no_grad():
+                # With labels given, one sample suffices to learn the number of classes.
+                probe = x0 if y is None else x0[:1]
+                logits = check_logits(model(probe), probe.shape[0])
+            num_classes = logits.shape[1]
+            if y is None:
+                y = logits.argmax(1)
+            check_labels(y, x0.shape[0], num_classes, "y")
+            if target is not None:
+                check_labels(target, x0.shape[0], num_classes, "target")
+            generator = self._generator(x0.device)
+            success = None
+            if self.threat.eps == 0:
+                x_adv, queries = x0.clone(), None
+            else:
+                out = self._attack(model, x0, y, target, generator)
+                if isinstance(out, Crafted):
+                    x_adv, queries, success = out
+                elif isinstance(out, tuple):
+                    (x_adv, queries), success = out, None
+                else:
+                    x_adv, queries = out, None
+            projected = self.threat.project(x_adv.detach(), x0)
+            if success is None or not torch.equal(projected, x_adv):
+                with torch.no_grad():
+                    success = is_adversarial(model(projected), y, target)
+            x_adv = projected
+        return AttackResult(
+            x_adv=x_adv,
+            success=success,
+            distance=self.threat.distance(x_adv, x0),
+            queries=queries,
+        )
+
+    # --- for subclasses -------------------------------------------------------------------
+    @abstractmethod
+    def _attack(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | Crafted:
+        """Return adversarial examples (optionally with per-sample query counts, or a
+        :class:`Crafted` that also carries per-sample success measured on those points).
+
+        ``x`` is a private detached copy; ``y`` and ``target`` are validated; the model is
+        already guarded. The result is projected onto the ball and bounds afterwards anyway.
+        """
+
+    def _generator(self, device: torch.device) -> torch.Generator | None:
+        if self.seed is None:
+            return None
+        g = torch.Generator(device=device)
+        g.manual_seed(int(self.seed))
+        return g
+
+    def _loss_and_grad(
+        self, model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One forward+backward: per-sample loss, its input gradient, and the logits (detached),
+        so the same pass serves the update and the success check."""
+        x_adv = x_adv.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(x_adv)
+            loss = self.loss_fn(logits, y, target)
+            (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+        return loss.detach(), grad.detach(), logits.detach()
+
+
+def resolve_step_size(step_size: float | None, rel_step_size: float | None, eps: float, default_rel: float) -> float:
+    """An absolute step size from either an absolute value or a fraction of eps."""
+    if step_size is not None and rel_step_size is not None:
+        raise ValueError("give step_size or rel_step_size, not both")
+    if step_size is not None:
+        if not math.isfinite(step_size) or step_size <= 0:
+            raise ValueError(f"step_size must be > 0, got {step_size}")
+        return float(step_size)
+    rel = default_rel if rel_step_size is None else rel_step_size
+    if not math.isfinite(rel) or rel <= 0:
+        raise ValueError(f"rel_step_size must be > 0, got {rel}")
+    return float(rel) * eps

@@ -1,0 +1,93 @@
+"""Single-step gradient attacks: FGSM (Goodfellow et al. 2015) and the fast gradient value (FGV).
+
+Both spend exactly one forward+backward pass on the input gradient of the attack loss.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..threat import ThreatModel
+from .base import Attack
+from .losses import LossFn
+
+
+class FGSM(Attack):
+    """Fast gradient sign method: ``x + eps * steepest_direction(grad)``.
+
+    For an Linf threat the direction is ``sign(grad)``; for L2 it is ``grad / ||grad||_2``
+    (the "fast gradient method"), so the perturbation lands on the sphere of radius eps (before
+    clipping to the bounds).
+
+    Untargeted, the loss (CE by default) of the true label is ascended. Targeted (``target=``
+    given), :func:`~robustlab.attacks.losses.cross_entropy` returns ``-CE(target)``, so the step
+    is ``x - eps * sign(grad_x CE(target))``: one step toward the target class.
+    """
+
+    name = "fgsm"
+
+    def __init__(
+        self,
+        threat: ThreatModel,
+        loss: str | LossFn = "ce",
+        *,
+        eval_mode: bool = True,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(threat, loss=loss, eval_mode=eval_mode, seed=seed)
+
+    def _attack(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        _, grad, _ = self._loss_and_grad(model, x, y, target)
+        step = self.threat.eps * self.threat.steepest_direction(grad)
+        return self.threat.project(x + step, x)
+
+
+class FGV(Attack):
+    """Fast gradient value (Rozsa et al. 2016): step along the raw gradient, rescaled per sample.
+
+    Linf threat: ``x + eps * grad / max|grad|``, i.e. the gradient normalised by its own Linf
+    norm, so the largest coordinate moves by exactly eps and the others proportionally less
+    (unlike FGSM, which moves every coordinate by eps).
+
+    L2 threat: the gradient is normalised by its L2 norm instead, ``x + eps * grad / ||grad||_2``
+    (a scaled gradient already *is* the L2 steepest direction, so this coincides with FGSM-L2).
+
+    The result is clipped to the bounds. A zero gradient gives ``x`` unchanged.
+    """
+
+    name = "fgv"
+
+    def __init__(
+        self,
+        threat: ThreatModel,
+        loss: str | LossFn = "ce",
+        *,
+        eval_mode: bool = True,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(threat, loss=loss, eval_mode=eval_mode, seed=seed)
+
+    def _attack(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        _, grad, _ = self._loss_and_grad(model, x, y, target)
+        flat = grad.flatten(1)
+        if self.threat.norm == "linf":
+            scale = flat.abs().amax(dim=1)
+        else:
+            scale = flat.norm(p=2, dim=1)
+        scale = scale.clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+        return self.threat.project(x + self.threat.eps * grad / scale, x)

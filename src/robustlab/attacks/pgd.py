@@ -1,0 +1,203 @@
+"""Projected gradient descent (Madry et al. 2018), Linf and L2, with restarts and early stop.
+
+Each step is one forward+backward on the current iterate; the same pass tells whether the iterate
+already fools the model and how high its loss is, so the attack keeps, per sample, the best
+point it has *seen* (a successful point beats an unsuccessful one; among equals the higher loss
+wins) at no extra cost. One forward without backward per restart scores the final iterate.
+
+Without ``early_stop`` the step loop never synchronises with the host (no ``.item()``, no
+boolean indexing): every step is exactly one forward+backward on the whole batch. With
+``early_stop=True`` samples that are already adversarial are frozen and the forward/backward
+runs only on the still-active subset, which is where a fixed-budget robust-accuracy evaluation
+saves most of its time; the robust accuracy is the same either way.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..threat import ThreatModel
+from .base import Attack, Crafted, is_adversarial, resolve_step_size
+from .losses import LossFn
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) and not (
+        isinstance(value, float) and value.is_integer()
+    ):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def _check_float(name: str, value: object, minimum: float | None = None, strict: bool = False) -> float:
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if minimum is not None and (v < minimum or (strict and v == minimum)):
+        rel = ">" if strict else ">="
+        raise ValueError(f"{name} must be {rel} {minimum}, got {value!r}")
+    return v
+
+
+def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+class PGD(Attack):
+    """Projected gradient ascent on the attack loss inside the threat model's ball.
+
+    Args:
+        threat: the perturbation set (Linf: signed-gradient steps; L2: normalised-gradient steps;
+            projection onto the ball and the bounds after every step).
+        steps: iterations per restart.
+        step_size: absolute step size, or
+        rel_step_size: step size as a fraction of eps. Default ``2.5 / steps`` (Madry et al.),
+            i.e. a step of ``2.5 * eps / steps``.
+        random_start: start from a uniform point of the ball (otherwise from ``x``).
+        restarts: independent runs; each sample keeps its best result over all of them.
+        loss: loss to ascend (see :mod:`.losses`). Targeted attacks: pass ``target=`` with
+            ``"ce"`` (minimise CE(target)) or ``"ce-difference"`` (maximise CE(y) - CE(target)).
+        early_stop: freeze samples as soon as they are adversarial and compute only on the rest.
+        eval_mode, seed: see :class:`~robustlab.attacks.base.Attack`.
+    """
+
+    name = "pgd"
+    _default_rel: float = 2.5  # default step = _default_rel * eps / steps
+
+    def __init__(
+        self,
+        threat: ThreatModel,
+        steps: int = 40,
+        step_size: float | None = None,
+        rel_step_size: float | None = None,
+        random_start: bool = True,
+        restarts: int = 1,
+        loss: str | LossFn = "ce",
+        early_stop: bool = False,
+        eval_mode: bool = True,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(threat, loss=loss, eval_mode=eval_mode, seed=seed, early_stop=early_stop)
+        self.steps = _check_int("steps", steps, 1)
+        self.restarts = _check_int("restarts", restarts, 1)
+        self.random_start = bool(random_start)
+        if step_size is not None:
+            step_size = _check_float("step_size", step_size, 0.0, strict=True)
+        if rel_step_size is not None:
+            rel_step_size = _check_float("rel_step_size", rel_step_size, 0.0, strict=True)
+        self.step_size = resolve_step_size(step_size, rel_step_size, threat.eps, self._default_rel / self.steps)
+
+    def __repr__(self) -> str:
+        t = self.threat
+        return (
+            f"{type(self).__name__}(norm={t.norm}, eps={t.eps:g}, steps={self.steps}, "
+            f"step_size={self.step_size:g}, restarts={self.restarts}, loss={self.loss_name})"
+        )
+
+    # --- hooks for variants (MIM) -------------------------------------------------------------
+    def _init_state(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Per-sample optimiser state for one restart (None for plain PGD)."""
+        return None
+
+    def _direction(
+        self, grad: torch.Tensor, state: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The step direction (unit norm in the threat's norm) and the updated state."""
+        return self.threat.steepest_direction(grad), state
+
+    # --- the attack ---------------------------------------------------------------------------
+    def _attack(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> Crafted:
+        n = x.shape[0]
+        best = {
+            "x": x.clone(),
+            "loss": torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device),
+            "succ": torch.zeros(n, dtype=torch.bool, device=x.device),
+        }
+        for _ in range(self.restarts):
+            # Draw the start for the whole batch, so that early stop or not, the same seed gives
+            # the same starts (and hence the same trajectories).
+            start = self.threat.random_start(x, generator) if self.random_start else x.clone()
+            idx = None
+            if self.early_stop:
+                idx = (~best["succ"]).nonzero().squeeze(1)
+                if idx.numel() == 0:
+                    break
+            self._run_once(model, x, y, target, start, idx, best)
+        return Crafted(best["x"], None, best["succ"])
+
+    def _run_once(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor | None,
+        start: torch.Tensor,
+        idx: torch.Tensor | None,
+        best: dict[str, torch.Tensor],
+    ) -> None:
+        def sub(t: torch.Tensor | None) -> torch.Tensor | None:
+            return t if (t is None or idx is None) else t[idx]
+
+        xs, ys, ts, xa = sub(x), sub(y), sub(target), sub(start)
+        assert xs is not None and ys is not None and xa is not None
+        state = self._init_state(xa)
+        for _ in range(self.steps):
+            loss, grad, logits = self._loss_and_grad(model, xa, ys, ts)
+            succ = is_adversarial(logits, ys, ts)
+            self._keep_best(best, idx, xa, loss, succ)
+            if self.early_stop:
+                assert idx is not None
+                keep = ~succ
+                if not bool(keep.all()):  # host sync: only in early-stop mode
+                    idx = idx[keep]
+                    if idx.numel() == 0:
+                        return
+                    xa, grad, xs, ys = xa[keep], grad[keep], xs[keep], ys[keep]
+                    ts = None if ts is None else ts[keep]
+                    state = None if state is None else state[keep]
+            direction, state = self._direction(grad, state)
+            xa = self.threat.project(xa.add(direction, alpha=self.step_size), xs)
+        with torch.no_grad():
+            logits = model(xa)
+            loss = self.loss_fn(logits, ys, ts)
+        self._keep_best(best, idx, xa, loss, is_adversarial(logits, ys, ts))
+
+    @staticmethod
+    def _keep_best(
+        best: dict[str, torch.Tensor],
+        idx: torch.Tensor | None,
+        x_new: torch.Tensor,
+        loss: torch.Tensor,
+        succ: torch.Tensor,
+    ) -> None:
+        """Per sample: a successful point beats an unsuccessful one; among equals, higher loss."""
+        if idx is None:
+            b_x, b_loss, b_succ = best["x"], best["loss"], best["succ"]
+        else:
+            b_x, b_loss, b_succ = best["x"][idx], best["loss"][idx], best["succ"][idx]
+        loss = loss.to(b_loss.dtype)
+        better = (succ & ~b_succ) | ((succ == b_succ) & (loss > b_loss))
+        if idx is None:  # in place, elementwise (out= aliasing an input is safe here)
+            torch.where(_per_sample(better, x_new), x_new, b_x, out=b_x)
+            torch.where(better, loss, b_loss, out=b_loss)
+            b_succ |= succ
+        else:
+            best["x"][idx] = torch.where(_per_sample(better, x_new), x_new, b_x)
+            best["loss"][idx] = torch.where(better, loss, b_loss)
+            best["succ"][idx] = b_succ | succ
