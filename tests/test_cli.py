@@ -1,0 +1,95 @@
+"""The command line, driven through subprocess as a user would."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+
+def cli(*args, timeout=300):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "robustlab", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli") / "run"
+    r = cli("train", "--dataset", "digits", "--model", "small-cnn", "--model-option", "channels=[16,32]",
+            "--model-option", "hidden=64", "--epochs", "12", "--batch-size", "64", "--lr", "3e-3",
+            "--seed", "0", "--out", run, "--quiet", "--device", "cpu", "--monitor-n", "100")
+    assert r.returncode == 0, r.stderr
+    assert "run written to" in r.stdout
+    return run
+
+
+def test_train_writes_a_complete_run(digits_run):
+    names = {p.name for p in digits_run.iterdir()}
+    assert {"model.safetensors", "model.json", "history.jsonl", "metrics.json", "config.json"} <= names
+    history = [json.loads(line) for line in (digits_run / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 12 and "adv_accuracy" in history[-1]
+    assert json.loads((digits_run / "metrics.json").read_text())["clean_accuracy"] >= 0.9
+
+
+def test_evaluate_json_and_attacks(digits_run):
+    r = cli("evaluate", digits_run, "--json", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["clean_accuracy"] >= 0.9
+    r = cli("evaluate", digits_run, "--attacks", "noise,fgsm,pgd", "--eps", "0.1,0.3", "--quiet", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert "robust (worst)" in r.stdout
+    m = json.loads((digits_run / "metrics.json").read_text())
+    assert set(m["per_attack"]) == {"noise", "fgsm", "pgd"}
+    curve = m["eps_curve"]
+    assert [c["eps"] for c in curve] == [0.1, 0.3]
+    assert curve[1]["robust_accuracy"] <= curve[0]["robust_accuracy"]
+    assert m["robust_accuracy"] <= min(m["per_attack"].values())
+
+
+def test_attack_saves_examples_and_summary(digits_run, tmp_path):
+    out = tmp_path / "adv"
+    r = cli("attack", digits_run, "--attack", "pgd", "--eps", "0.2", "--steps", "20", "--target", "3", "--n", "100",
+            "--out", out, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    t = load_file(str(out / "adversarial.safetensors"))
+    assert t["x_adv"].shape == t["x"].shape == (100, 1, 8, 8)
+    assert float((t["x_adv"] - t["x"]).abs().max()) <= 0.2 + 1e-6
+    assert s["target"] == 3 and s["n"] == 100
+    assert float((t["pred_adv"] == 3).float().mean()) > 0.5
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "--dataset", "nope", "--out", "{tmp}/x"], "unknown dataset"),
+        (["train", "--dataset", "digits", "--model", "vgg", "--out", "{tmp}/x", "--epochs", "1"], "unknown model"),
+        (["train", "--dataset", "digits", "--epochs", "0", "--out", "{tmp}/x"], "epochs must be"),
+        (["train", "--dataset", "digits", "--defense", "madry", "--epochs", "1", "--out", "{tmp}/x"], "unknown defense"),
+        (["train", "--resume", "{tmp}/none"], "cannot resume"),
+        (["train", "--dataset", "mnist", "--out", "{tmp}/x"], "root"),
+        (["evaluate", "{tmp}"], "not found"),
+        (["evaluate", "{run}", "--eps", "-1", "--attacks", "pgd"], "eps must be"),
+        (["evaluate", "{run}", "--attacks", "fgsmm"], "unknown attack"),
+        (["evaluate", "{run}", "--norm", "l3", "--attacks", "pgd"], "unknown norm"),
+        (["attack", "{run}", "--target", "12", "--out", "{tmp}/a", "--n", "5"], "--target 12"),
+        (["train", "--dataset", "digits", "--device", "cuda", "--out", "{tmp}/x"], "CUDA is not available"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args, message, digits_run, tmp_path):
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = cli(*[a.format(tmp=tmp_path, run=digits_run) for a in args])
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_version_and_module_entry_point():
+    r = cli("--version")
+    assert r.returncode == 0 and "robustlab" in r.stdout
