@@ -120,3 +120,64 @@ def test_kill_9_then_resume_gives_the_same_weights(tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert read_history(tmp_path / "ref")[-1]["clean_accuracy"] == read_history(run)[-1]["clean_accuracy"]
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_a_mid_epoch_state_and_resume_matches(tmp_path, sig, code):
+    """SIGINT/SIGTERM mid-run: exit 130/143 with a consistent state; --resume ends identical."""
+    common = ["train", "--dataset", "fashion-mnist", "--train-limit", "3000", "--test-limit", "300",
+              "--model-option", "channels=[8,16]", "--model-option", "hidden=32", "--monitor-attack", "none",
+              "--epochs", "3", "--batch-size", "32", "--seed", "5", "--quiet", "--device", "cpu"]
+    ref = _cli(*common, "--out", str(tmp_path / "ref"), timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    run = tmp_path / "sig"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "robustlab", *common, "--out", str(run)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(read_history(run)) < 1:
+        time.sleep(0.05)
+    time.sleep(0.3)  # land inside epoch 2
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert "--resume" in err
+    from robustlab.checkpoint import load_state
+
+    state = load_state(run / "train_state.safetensors")
+    assert state["epoch"] >= 1
+    res = _cli("train", "--resume", str(run), "--quiet", timeout=300)
+    assert res.returncode == 0, res.stderr
+    a, b = load_model(tmp_path / "ref").state_dict(), load_model(run).state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_signal_mid_epoch_in_process_resumes_exactly(digits, tmp_path):
+    from robustlab.checkpoint import load_state
+    from robustlab.training.loop import TrainingInterrupted
+
+    xtr, ytr, xte, yte = digits
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=3e-3, schedule="onecycle", seed=2, progress=False)
+    full = _small()
+    train(full, Clean(), (xtr, ytr), (xte, yte), cfg, run_dir=tmp_path / "full")
+
+    class SignalAtBatch(Clean):
+        calls = 0
+
+        def __call__(self, model, x, y):
+            SignalAtBatch.calls += 1
+            if SignalAtBatch.calls == 30:  # epoch 2 (22 batches per epoch), batch 8
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().__call__(model, x, y)
+
+    with pytest.raises(TrainingInterrupted) as info:
+        train(_small(), SignalAtBatch(), (xtr, ytr), (xte, yte), cfg, run_dir=tmp_path / "part")
+    assert info.value.exit_code == 143
+    state = load_state(tmp_path / "part" / "train_state.safetensors")
+    assert (state["epoch"], state["batch"]) == (1, 8)
+    resumed = _small(seed=5)
+    train(resumed, Clean(), (xtr, ytr), (xte, yte), cfg, run_dir=tmp_path / "part", resume=True)
+    for k, v in full.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+    assert read_history(tmp_path / "full")[-1]["train_loss"] == pytest.approx(read_history(tmp_path / "part")[-1]["train_loss"], abs=1e-6)

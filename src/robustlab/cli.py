@@ -149,8 +149,13 @@ def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, mod
         sync_batchnorm=sync_bn,
     )
     t0 = time.perf_counter()
+    from .training.loop import TrainingInterrupted
+
     try:
         metrics = train_run(spec, run, config, device=device, resume=resume)
+    except TrainingInterrupted as e:
+        click.echo(str(e), err=True)
+        sys.exit(e.exit_code)
     finally:
         shutdown()
     if int(os.environ.get("RANK", "0")) != 0:
@@ -228,7 +233,8 @@ def attack(run, attack_name, norm, eps, steps, target, attack_option, n, batch_s
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("--attacks", "attack_names", default=None, help="Comma-separated attacks, e.g. fgsm,pgd,mim.")
 @click.option("--suite", default=None, help="quick | standard | full")
-@click.option("--eps", "eps_text", default="0.1", show_default=True, help="Budget, or a comma-separated list (curve).")
+@click.option("--eps", "eps_text", default="0.1", show_default=True,
+              help="Budget, or a comma-separated list for a curve (the first value is the headline).")
 @click.option("--norm", default="linf", show_default=True)
 @click.option("--steps", type=int, default=None, help="Iterations for the iterative attacks in --attacks.")
 @click.option("--n", type=int, default=None, help="Test images (default: all).")
@@ -249,12 +255,17 @@ def evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as_
     model = load_model(run, map_location=dev)
     x, y, _ = load_run_data(run, "test", dev, limit=n)
     t0 = time.perf_counter()
-    metrics: dict[str, Any] = {"clean_accuracy": clean_accuracy(model, x, y, batch_size), "test_samples": len(y)}
+    clean = clean_accuracy(model, x, y, batch_size)
+    # The run's headline clean_accuracy is the full test set's; a subset (--n) is kept apart.
+    metrics: dict[str, Any] = {"evaluated_samples": len(y), "evaluation_clean_accuracy": clean}
+    if n is None:
+        metrics["clean_accuracy"] = clean
     if attack_names and suite:
         raise ValueError("give --attacks or --suite, not both")
     if attack_names or suite:
+        eps_values = _parse_floats(eps_text, "--eps")
         curve = []
-        for eps in _parse_floats(eps_text, "--eps"):
+        for eps in eps_values:
             threat = ThreatModel(norm, eps)
             if suite:
                 attacks: Any = suite
@@ -268,9 +279,10 @@ def evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as_
             res = run_eval(model, x, y, threat, attacks, batch_size=batch_size, progress=not quiet)
             curve.append({"eps": eps, "robust_accuracy": res.robust_accuracy, "per_attack": res.per_attack,
                           "details": res.to_dict(per_sample=False)})
-        last = curve[-1]
-        metrics.update({"robust_accuracy": last["robust_accuracy"], "per_attack": last["per_attack"],
-                        "eps": last["eps"], "norm": norm, "suite": suite, "evaluation": last["details"]})
+        head = curve[0]  # the first --eps value is the headline budget; the rest make the curve
+        metrics.update({"robust_accuracy": head["robust_accuracy"], "per_attack": head["per_attack"],
+                        "eps": head["eps"], "norm": norm, "suite": suite, "evaluation": head["details"],
+                        "eps_curve": None})
         if len(curve) > 1:
             metrics["eps_curve"] = [{k: c[k] for k in ("eps", "robust_accuracy", "per_attack")} for c in curve]
     metrics["evaluate_seconds"] = round(time.perf_counter() - t0, 2)
@@ -278,7 +290,7 @@ def evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as_
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
         return
-    click.echo(f"clean accuracy   {metrics['clean_accuracy']:.4f}  ({len(y)} test images)")
+    click.echo(f"clean accuracy   {clean:.4f}  ({len(y)} test images)")
     if "per_attack" in metrics:
         for name, acc in metrics["per_attack"].items():
             click.echo(f"{name:<16} {acc:.4f}")

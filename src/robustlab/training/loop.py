@@ -9,8 +9,10 @@ weights as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..distributed import average_buffers, dist_info, sum_across_ranks, unwrap
+from ..attacks.base import model_guard
 from ..checkpoint import atomic_write_json, atomic_write_text, load_state, save_model, save_state
 from .objectives import Objective
 
@@ -88,15 +91,11 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    """Clean accuracy in eval mode (mode restored afterwards)."""
-    was = model.training
-    model.eval()
-    try:
-        correct = 0
+    """Clean accuracy in eval mode (every submodule's mode restored afterwards)."""
+    correct = 0
+    with model_guard(model):
         for i in range(0, len(x), batch_size):
             correct += int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
-    finally:
-        model.train(was)
     return correct / max(len(x), 1)
 
 
@@ -106,11 +105,8 @@ def robust_accuracy_of(attack: Any, model: nn.Module, x: torch.Tensor, y: torch.
     for i in range(0, len(x), batch_size):
         xb, yb = x[i : i + batch_size], y[i : i + batch_size]
         x_adv = attack(model, xb, yb)
-        with torch.no_grad():
-            was = model.training
-            model.eval()
+        with torch.no_grad(), model_guard(model):
             correct += int((model(x_adv).argmax(1) == yb).sum())
-            model.train(was)
     return correct / max(len(x), 1)
 
 
@@ -180,7 +176,8 @@ def train(
     opt = make_optimizer(model, config)
     sched = make_scheduler(opt, config, steps_per_epoch)
     history: list[dict[str, Any]] = []
-    start_epoch = 0
+    start_epoch, start_batch = 0, 0
+    resumed_logs: dict[str, torch.Tensor] = {}
 
     if resume:
         if run is None or not (run / STATE_FILE).is_file():
@@ -193,65 +190,122 @@ def train(
         torch.set_rng_state(state["rng"])
         history = list(state["history"])
         start_epoch = int(state["epoch"])
+        start_batch = int(state.get("batch", 0))  # > 0: the run was interrupted mid-epoch
+        resumed_logs = {k: torch.as_tensor(v) for k, v in (state.get("partial_logs") or {}).items()}
 
     setup = getattr(objective, "setup", None)
     if callable(setup):
         setup(model, (x_train, y_train))
-    device = x_train.device
-    for epoch in range(start_epoch, config.epochs):
-        t0 = time.perf_counter()
-        model.train()
-        order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
-        order = order.to(device)
-        sums: dict[str, float] = {}
-        bar = tqdm(
-            range(steps_per_epoch),
-            desc=f"epoch {epoch + 1}/{config.epochs}",
-            disable=not config.progress or rank != 0,
-            leave=False,
-            unit="batch",
-        )
-        logs_acc: dict[str, torch.Tensor] = {}
-        for b in bar:
-            idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-            if world > 1:
-                idx = idx[rank::world]  # each rank trains (and crafts) on its own shard of the global batch
-            xb, yb = x_train[idx], y_train[idx]
-            loss, logs = objective(model, xb, yb)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss became {float(loss)} at epoch {epoch + 1}, batch {b}; lower the learning rate")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            for k, v in logs.items():
-                v = v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
-                logs_acc[k] = logs_acc.get(k, 0) + v
-            if config.progress and b % 20 == 0:
-                bar.set_postfix(loss=f"{float(loss):.3f}")
-        bar.close()
-        average_buffers(model)
-        sums = {f"train_{k}": float(v) / steps_per_epoch for k, v in logs_acc.items()}
-        line: dict[str, Any] = {"epoch": epoch + 1, **sums, "lr": opt.param_groups[0]["lr"], "train_seconds": round(time.perf_counter() - t0, 3)}
-        if test_data is not None:
-            line["clean_accuracy"] = sharded_accuracy(model, *test_data, batch_size=config.eval_batch_size)
-            if monitor_attack is not None:
-                n = min(config.monitor_n, len(test_data[0]))
-                line["adv_accuracy"] = sharded_accuracy(
-                    model, test_data[0][:n], test_data[1][:n], config.eval_batch_size, attack=monitor_attack
-                )
-                line["adv_attack"] = repr(monitor_attack)
-        line["seconds"] = round(time.perf_counter() - t0, 3)
-        history.append(line)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, line)
-        if config.progress and rank == 0:
-            shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in line.items() if k not in ("adv_attack",))
-            tqdm.write(shown)
-        if run is not None and rank == 0:
-            _write_epoch(run, model, opt, sched, epoch + 1, history, config, objective, metadata)
+    stop = _StopFlag()
+    with stop.installed():
+        for epoch in range(start_epoch, config.epochs):
+            first = start_batch if epoch == start_epoch else 0
+            logs_acc = dict(resumed_logs) if epoch == start_epoch else {}
+            line = _train_epoch(model, objective, opt, sched, x_train, y_train, config, epoch, first, steps_per_epoch,
+                                logs_acc, stop, run, history)
+            if test_data is not None:
+                line["clean_accuracy"] = sharded_accuracy(model, *test_data, batch_size=config.eval_batch_size)
+                if monitor_attack is not None:
+                    n = min(config.monitor_n, len(test_data[0]))
+                    line["adv_accuracy"] = sharded_accuracy(
+                        model, test_data[0][:n], test_data[1][:n], config.eval_batch_size, attack=monitor_attack
+                    )
+                    line["adv_attack"] = repr(monitor_attack)
+            line["seconds"] = round(time.perf_counter() - line.pop("_t0"), 3)
+            history.append(line)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, line)
+            if config.progress and rank == 0:
+                shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in line.items() if k != "adv_attack")
+                tqdm.write(shown)
+            if run is not None and rank == 0:
+                _write_epoch(run, model, opt, sched, epoch + 1, history, config, objective, metadata)
+            if stop.signum is not None:  # a signal arrived during evaluation: the epoch is saved, stop here
+                raise TrainingInterrupted(stop.signum, run)
     return TrainResult(history=history, resumed_from_epoch=start_epoch)
+
+
+def _train_epoch(model, objective, opt, sched, x_train, y_train, config: TrainConfig, epoch: int, first: int,
+                 steps_per_epoch: int, logs_acc: dict[str, torch.Tensor], stop: "_StopFlag", run: Path | None,
+                 history: list[dict[str, Any]]) -> dict[str, Any]:
+    """One epoch of optimiser steps from batch ``first``; returns the epoch's history line (without
+    evaluation). On SIGINT/SIGTERM it saves a mid-epoch state and raises TrainingInterrupted."""
+    rank, world = dist_info()
+    t0 = time.perf_counter()
+    model.train()
+    order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+    order = order.to(x_train.device)
+    bar = tqdm(
+        range(first, steps_per_epoch),
+        desc=f"epoch {epoch + 1}/{config.epochs}",
+        disable=not config.progress or rank != 0,
+        leave=False,
+        unit="batch",
+    )
+    for b in bar:
+        idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+        if world > 1:
+            idx = idx[rank::world]  # each rank trains (and crafts) on its own shard of the global batch
+        xb, yb = x_train[idx], y_train[idx]
+        loss, logs = objective(model, xb, yb)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {float(loss)} at epoch {epoch + 1}, batch {b}; lower the learning rate")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        for k, v in logs.items():
+            v = v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
+            logs_acc[k] = logs_acc.get(k, 0) + v
+        if config.progress and b % 20 == 0:
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+        if stop.signum is not None:
+            bar.close()
+            if run is not None and rank == 0:
+                _write_state(run, model, opt, sched, epoch, history, config, batch=b + 1,
+                             partial_logs={k: v.detach().cpu() for k, v in logs_acc.items()})
+            raise TrainingInterrupted(stop.signum, run)
+    bar.close()
+    average_buffers(model)
+    sums = {f"train_{k}": float(v) / steps_per_epoch for k, v in logs_acc.items()}
+    return {"epoch": epoch + 1, **sums, "lr": opt.param_groups[0]["lr"],
+            "train_seconds": round(time.perf_counter() - t0, 3), "_t0": t0}
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on SIGINT/SIGTERM after saving a consistent state (resume continues it)."""
+
+    def __init__(self, signum: int, run: Path | None) -> None:
+        self.signum = signum
+        self.exit_code = 128 + signum
+        where = f"; state saved in {run}, continue with: robustlab train --resume {run}" if run else ""
+        super().__init__(f"training interrupted by signal {signum}{where}")
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop checks it between batches, so a signal never lands in
+    the middle of an optimiser step or a checkpoint write."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def _handler(self, signum, frame) -> None:  # noqa: ANN001
+        self.signum = signum
+
+    @contextlib.contextmanager
+    def installed(self):
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        old = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
 
 
 def _write_epoch(run: Path, model: nn.Module, opt, sched, epoch: int, history, config: TrainConfig, objective, metadata) -> None:
@@ -262,11 +316,20 @@ def _write_epoch(run: Path, model: nn.Module, opt, sched, epoch: int, history, c
     meta.update({"training": config.to_dict(), "objective": objective.config(), "epoch": epoch, "last": history[-1]})
     save_model(inner, run, **meta)
     atomic_write_text(run / HISTORY_FILE, "".join(json.dumps(h, sort_keys=True) + "\n" for h in history))
+    _write_state(run, model, opt, sched, epoch, history, config)
+
+
+def _write_state(run: Path, model: nn.Module, opt, sched, epoch: int, history, config: TrainConfig, batch: int = 0,
+                 partial_logs: dict[str, torch.Tensor] | None = None) -> None:
+    """The single atomic file ``resume`` trusts: ``epoch`` finished epochs plus ``batch`` steps of
+    the next one (0 at an epoch boundary)."""
     save_state(
         run / STATE_FILE,
         {
             "epoch": epoch,
-            "model": inner.state_dict(),
+            "batch": batch,
+            "partial_logs": partial_logs or {},
+            "model": unwrap(model).state_dict(),
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict() if sched is not None else None,
             "rng": torch.get_rng_state(),
@@ -284,7 +347,7 @@ def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def write_metrics(run_dir: str | Path, metrics: dict[str, Any]) -> None:
-    """Merge ``metrics`` into the run's metrics.json (atomically)."""
+    """Merge ``metrics`` into the run's metrics.json (atomically); a key set to None is removed."""
     p = Path(run_dir) / "metrics.json"
     old: dict[str, Any] = {}
     if p.is_file():
@@ -293,4 +356,4 @@ def write_metrics(run_dir: str | Path, metrics: dict[str, Any]) -> None:
         except json.JSONDecodeError:
             old = {}
     old.update(metrics)
-    atomic_write_json(p, old)
+    atomic_write_json(p, {k: v for k, v in old.items() if v is not None})
