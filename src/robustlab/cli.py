@@ -301,14 +301,15 @@ def evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as_
 # --- demo ------------------------------------------------------------------------------------
 @main.command()
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
-@click.option("--epochs", type=int, default=8, show_default=True)
+@click.option("--epochs", type=int, default=8, show_default=True, help="Standard training epochs.")
+@click.option("--robust-epochs", type=int, default=5, show_default=True, help="Fast adversarial training epochs.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True)
-def demo(out, epochs, device, quiet) -> None:
-    """The embedded default: Fashion-MNIST, small CNN, then attacks on it."""
+def demo(out, epochs, robust_epochs, device, quiet) -> None:
+    """The embedded default: Fashion-MNIST small CNN, attacks, fast-AT, side by side, report."""
     from .demo import run_demo
 
-    run_demo(Path(out), epochs=epochs, device=device, progress=not quiet)
+    run_demo(Path(out), epochs=epochs, robust_epochs=robust_epochs, device=device, progress=not quiet)
 
 
 # --- report ----------------------------------------------------------------------------------

@@ -1,6 +1,9 @@
-"""The embedded default job behind ``make demo``: Fashion-MNIST, a small CNN, attacks on it.
+"""The embedded default job behind ``make demo``.
 
-Each step writes a run directory under ``out``; a finished step is reused when the demo runs again.
+Fashion-MNIST, small CNN: (1) standard training on all 60,000 training images; (2) attacks on it
+at Linf eps 0.1; (3) fast adversarial training; (4) both models side by side under the same
+attacks; (5) an HTML report. Each step writes a run directory under ``out``; a finished step is
+reused when the demo runs again, an interrupted one resumes.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from .runs import RunSpec, train_run
 from .training import TrainConfig
 from .training.loop import STATE_FILE
 
+EPS = 0.1
+N_EVAL = 1000
+
 
 def _finished(run: Path, epochs: int) -> bool:
     metrics = run / "metrics.json"
@@ -27,15 +33,31 @@ def _finished(run: Path, epochs: int) -> bool:
 def train_step(run: Path, spec: RunSpec, config: TrainConfig, device: str, label: str) -> dict[str, Any]:
     """Train ``spec`` into ``run`` unless a finished run with the same epochs is already there."""
     if _finished(run, config.epochs):
-        click.echo(f"[{label}] reusing finished run {run}")
+        click.echo(f"{label}: reusing finished run {run}")
         return json.loads((run / "metrics.json").read_text())
     resume = (run / STATE_FILE).is_file()
-    click.echo(f"[{label}] {'resuming' if resume else 'training'} {spec.model} on {spec.dataset} ({config.epochs} epochs) -> {run}")
+    click.echo(f"{label}: {'resuming' if resume else 'training'} {spec.model} on {spec.dataset}, "
+               f"defense {spec.defense}, {config.epochs} epochs -> {run}")
     return train_run(spec, run, config, device=device, resume=resume)
 
 
-def run_demo(out: Path, epochs: int = 8, device: str = "auto", progress: bool = True) -> None:
-    from .attacks import build_attack
+def demo_attacks(threat) -> list:
+    """The attacks the demo runs on both models (PGD-20 is the usual yardstick; APGD the stronger)."""
+    from .attacks import ATTACKS, build_attack
+
+    attacks = [
+        build_attack("noise", threat, seed=0),
+        build_attack("fgsm", threat),
+        build_attack("pgd", threat, steps=20, rel_step_size=0.1, seed=0),
+        build_attack("mim", threat, steps=20),
+    ]
+    if "apgd" in ATTACKS:
+        attacks.append(build_attack("apgd", threat, steps=50, seed=0))
+    return attacks
+
+
+def run_demo(out: Path, epochs: int = 8, robust_epochs: int = 5, device: str = "auto", progress: bool = True) -> Path:
+    """Run the whole demo; returns the report's path."""
     from .checkpoint import load_model
     from .evaluation import evaluate
     from .runs import load_run_data, resolve_device
@@ -44,26 +66,44 @@ def run_demo(out: Path, epochs: int = 8, device: str = "auto", progress: bool = 
 
     t_start = time.perf_counter()
     dev = resolve_device(device)
-    std_run = out / "standard"
-    spec = RunSpec(dataset="fashion-mnist", model="small-cnn")
-    config = TrainConfig(epochs=epochs, batch_size=128, optimizer="adam", lr=1e-3, schedule="cosine", seed=0, progress=progress)
-    m = train_step(std_run, spec, config, device, "1/2 standard training")
-    click.echo(f"[1/2] clean accuracy {m['clean_accuracy']:.4f} on {m['test_samples']} Fashion-MNIST test images")
+    threat = ThreatModel("linf", EPS)
+    runs = {"standard": out / "standard", "fast-at": out / "fast-at"}
 
-    click.echo("[2/2] attacking 1000 test images at Linf eps=0.1")
-    model = load_model(std_run, map_location=dev)
-    x, y, _ = load_run_data(std_run, "test", dev, limit=1000)
-    threat = ThreatModel("linf", 0.1)
-    attacks = [
-        build_attack("noise", threat, seed=0),
-        build_attack("fgsm", threat),
-        build_attack("pgd", threat, steps=20, rel_step_size=0.1, seed=0),
-        build_attack("mim", threat, steps=20),
-    ]
-    res = evaluate(model, x, y, threat, attacks, cascade=False, progress=progress)
-    click.echo(f"      {'clean':<8} {res.clean_accuracy:.4f}")
-    for name, acc in res.per_attack.items():
-        click.echo(f"      {name:<8} {acc:.4f}")
-    click.echo(f"      worst    {res.robust_accuracy:.4f}")
-    write_metrics(std_run, {"demo_attacks": res.to_dict(per_sample=False)})
-    click.echo(f"demo finished in {time.perf_counter() - t_start:.0f}s; runs under {out}")
+    std = train_step(runs["standard"], RunSpec(dataset="fashion-mnist", model="small-cnn"),
+                     TrainConfig(epochs=epochs, batch_size=128, lr=1e-3, schedule="cosine", seed=0, progress=progress),
+                     device, "[1/5] standard training")
+    click.echo(f"      clean accuracy {std['clean_accuracy']:.4f} on {std['test_samples']} Fashion-MNIST test images")
+
+    robust_spec = RunSpec(dataset="fashion-mnist", model="small-cnn", defense="fast-at", defense_options={"eps": EPS},
+                          monitor={"attack": "pgd", "eps": EPS, "steps": 20, "rel_step_size": 0.1, "seed": 0})
+    train_step(runs["fast-at"], robust_spec,
+               TrainConfig(epochs=robust_epochs, batch_size=128, lr=3e-3, schedule="onecycle", seed=0, progress=progress),
+               device, "[2/5] fast adversarial training (Wong et al. 2020)")
+
+    click.echo(f"[3/5] attacking {N_EVAL} test images at Linf eps={EPS} (each attack on its own; worst case per sample)")
+    table: dict[str, dict[str, float]] = {}
+    for name, run in runs.items():
+        model = load_model(run, map_location=dev)
+        x, y, _ = load_run_data(run, "test", dev, limit=N_EVAL)
+        res = evaluate(model, x, y, threat, demo_attacks(threat), cascade=False, progress=progress)
+        table[name] = {"clean": res.clean_accuracy, **res.per_attack, "worst case": res.robust_accuracy}
+        write_metrics(run, {"robust_accuracy": res.robust_accuracy, "per_attack": res.per_attack, "eps": EPS,
+                            "norm": "linf", "evaluation": res.to_dict(per_sample=False)})
+    rows = list(next(iter(table.values())))
+    click.echo(f"      {'':<12}" + "".join(f"{n:>12}" for n in table))
+    for r in rows:
+        click.echo(f"      {r:<12}" + "".join(f"{table[n][r]:>12.4f}" for n in table))
+
+    click.echo("[4/5] report artifacts (adversarial examples, feature maps, loss surface, filters, class images)")
+    from .artifacts import write_artifacts
+    from .report import build_report
+
+    first = None
+    for run in runs.values():
+        write_artifacts(run, eps=EPS, norm="linf", device=str(dev), compare_run=first)
+        first = first or run
+    click.echo("[5/5] writing the report")
+    report = build_report(list(runs.values()), out / "report", titles=list(runs))
+    click.echo(f"demo finished in {time.perf_counter() - t_start:.0f}s")
+    click.echo(f"report: {report.resolve()}")
+    return report

@@ -259,7 +259,7 @@ def _train_epoch(model, objective, opt, sched, x_train, y_train, config: TrainCo
             v = v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
             logs_acc[k] = logs_acc.get(k, 0) + v
         if config.progress and b % 20 == 0:
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         if stop.signum is not None:
             bar.close()
             if run is not None and rank == 0:
