@@ -10,13 +10,17 @@ import inspect
 from typing import Any
 
 from ..threat import ThreatModel
-from .base import Attack, AttackResult, is_adversarial, model_guard
+from .apgd import APGD
+from .base import Attack, AttackResult, Crafted, is_adversarial, model_guard
 from .cw import CW
 from .fgsm import FGSM, FGV
 from .losses import LOSSES, get_loss
 from .mim import MIM
+from .nes import NES
 from .noise import Noise
 from .pgd import PGD
+from .square import Square
+from .transfer import Transfer
 
 ATTACKS: dict[str, type[Attack]] = {
     "fgsm": FGSM,
@@ -25,6 +29,10 @@ ATTACKS: dict[str, type[Attack]] = {
     "mim": MIM,
     "cw": CW,
     "noise": Noise,
+    "apgd": APGD,
+    "square": Square,
+    "nes": NES,
+    "transfer": Transfer,
 }
 
 
@@ -54,6 +62,11 @@ def build_attack(name: str, threat: ThreatModel, **options: Any) -> Attack:
 
 
 __all__ = [
+    "APGD",
+    "NES",
+    "Square",
+    "Transfer",
+    "Crafted",
     "ATTACKS",
     "Attack",
     "AttackResult",

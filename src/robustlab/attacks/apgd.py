@@ -1,0 +1,301 @@
+"""Auto-PGD (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of
+diverse parameter-free attacks"), Linf and L2, untargeted and targeted (APGD-T).
+
+APGD is PGD without a step size to tune: it starts with a step of ``2 * eps`` and halves it, per
+sample, at checkpoints ``w_j ~ p_j * steps`` with ``p_0 = 0``, ``p_1 = 0.22`` and
+``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)`` whenever
+
+1. the loss increased in at most a fraction ``rho`` of the steps since the last checkpoint, or
+2. the step was not halved at the last checkpoint and the best loss has not improved since,
+
+and after halving it continues from the best point found so far. The update carries momentum::
+
+    z_{k+1} = P(x_k + eta_k * direction(grad f(x_k)))
+    x_{k+1} = P(x_k + alpha * (z_{k+1} - x_k) + (1 - alpha) * (x_k - x_{k-1}))
+
+(``alpha = 1`` on the first step; ``direction`` = sign for Linf, ``g / ||g||_2`` for L2; ``P`` the
+projection onto the ball and the bounds). Integer checkpoint spacing follows the reference
+implementation (first interval ``max(int(0.22 N), 1)``, shrinking by ``max(int(0.03 N), 1)`` down
+to ``max(int(0.06 N), 1)``). One deliberate difference: the "loss increased" count for the first
+interval compares the first iterate with the starting point's loss (the reference compares it
+with 0).
+
+Untargeted runs ascend CE or DLR; ``targeted_classes = k > 0`` gives APGD-T: for each of the
+``k`` highest-scoring non-true classes (by the clean logits) a separate run ascends the targeted
+loss (targeted DLR for ``loss="dlr"``, ``-CE(target)`` for ``"ce"``), and a sample counts as broken
+as soon as it is *misclassified* (AutoAttack's semantics: the targets are a means to an
+untargeted end). Passing ``target=`` to the attack instead makes it a plain targeted attack
+(success = prediction equals the target).
+
+Per sample the attack keeps the best point it has seen: any misclassified iterate beats every
+correctly classified one; among equals, the higher loss wins. Restarts and target classes only
+run on samples not broken yet. Without ``early_stop`` the step loop never synchronises with the
+host (the checkpoint schedule is fixed in advance and the step-size logic is per-sample
+``torch.where``); with ``early_stop=True`` fooled samples leave the active set after each step.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from ..threat import ThreatModel
+from .base import Attack, is_adversarial
+from .losses import LossFn, get_loss
+from .pgd import _check_float, _check_int, _per_sample
+
+
+def checkpoints(steps: int) -> dict[int, int]:
+    """The iterations (0-based, after whose update the check runs) -> length of the interval
+    they close, as in the reference implementation."""
+    first = max(int(0.22 * steps), 1)
+    minimum = max(int(0.06 * steps), 1)
+    decrease = max(int(0.03 * steps), 1)
+    out: dict[int, int] = {}
+    k, counter = first, 0
+    for i in range(steps):
+        counter += 1
+        if counter == k:
+            out[i] = k
+            k = max(k - decrease, minimum)
+            counter = 0
+    return out
+
+
+class APGD(Attack):
+    """Auto-PGD: step-size-free PGD with momentum and per-sample step halving.
+
+    Args:
+        threat: the perturbation set (Linf or L2).
+        steps: iterations per run (one forward+backward each, plus one for the start point).
+        restarts: random starts per target (each only on samples not broken yet).
+        loss: ``"ce"`` or ``"dlr"`` (any name of :mod:`.losses` or a callable works too). DLR needs
+            3 classes (4 for the targeted form); with fewer the attack falls back to the margin
+            loss and warns.
+        targeted_classes: 0 for the untargeted attack; ``k > 0`` for APGD-T over the top-k
+            non-true classes (capped at classes - 1).
+        rho: the oscillation threshold of condition 1 (fraction of increasing steps).
+        momentum: ``alpha`` in the update above (1 = no momentum).
+        seed, early_stop, eval_mode: see :class:`~robustlab.attacks.base.Attack`.
+    """
+
+    name = "apgd"
+
+    def __init__(
+        self,
+        threat: ThreatModel,
+        steps: int = 100,
+        restarts: int = 1,
+        loss: str | LossFn = "ce",
+        targeted_classes: int = 0,
+        rho: float = 0.75,
+        momentum: float = 0.75,
+        seed: int | None = None,
+        early_stop: bool = False,
+        eval_mode: bool = True,
+    ) -> None:
+        super().__init__(threat, loss=loss, eval_mode=eval_mode, seed=seed, early_stop=early_stop)
+        self.steps = _check_int("steps", steps, 1)
+        self.restarts = _check_int("restarts", restarts, 1)
+        self.targeted_classes = _check_int("targeted_classes", targeted_classes, 0)
+        self.rho = _check_float("rho", rho, 0.0)
+        if self.rho > 1:
+            raise ValueError(f"rho must be in [0, 1], got {rho!r}")
+        self.momentum = _check_float("momentum", momentum, 0.0, strict=True)
+        if self.momentum > 1:
+            raise ValueError(f"momentum must be in (0, 1], got {momentum!r}")
+        self.name = "apgd-" + ("t-" if self.targeted_classes else "") + str(self.loss_name).lower()
+
+    def __repr__(self) -> str:
+        t = self.threat
+        tc = f", targeted_classes={self.targeted_classes}" if self.targeted_classes else ""
+        return (
+            f"{type(self).__name__}(norm={t.norm}, eps={t.eps:g}, steps={self.steps}, "
+            f"restarts={self.restarts}, loss={self.loss_name}{tc})"
+        )
+
+    # --- the attack ---------------------------------------------------------------------------
+    def _loss_for(self, num_classes: int, targeted: bool) -> LossFn:
+        needed = 4 if targeted else 3
+        if str(self.loss_name).lower() == "dlr" and num_classes < needed:
+            warnings.warn(
+                f"APGD: the {'targeted ' if targeted else ''}DLR loss needs >= {needed} classes, the model "
+                f"gives {num_classes}; using the margin loss instead",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return get_loss("margin")
+        return self.loss_fn
+
+    def _start(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """A random point on the sphere of the ball (as the reference), clipped to the bounds."""
+        if self.threat.norm == "linf":
+            t = 2 * torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device) - 1
+            scale = t.flatten(1).abs().amax(1).clamp_min(1e-12)
+        else:
+            t = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            scale = t.flatten(1).norm(p=2, dim=1).clamp_min(1e-12)
+        return self.threat.clip_bounds(x + t * _per_sample(self.threat.eps / scale, t))
+
+    def _attack(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        n = x.shape[0]
+        with torch.no_grad():
+            logits0 = model(x)
+        num_classes = logits0.shape[1]
+        if target is not None and self.targeted_classes:
+            raise ValueError("APGD with targeted_classes > 0 chooses its own targets: do not pass target=")
+        best = {
+            "x": x.clone(),
+            "loss": torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device),
+            # samples already misclassified (or already at the target) need no attack
+            "succ": is_adversarial(logits0, y, target),
+        }
+        if self.targeted_classes:
+            k = min(self.targeted_classes, num_classes - 1)
+            ranked = logits0.scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
+            runs = [(ranked[:, j].contiguous(), None) for j in range(k)]  # (loss target, success target)
+            loss_fn = self._loss_for(num_classes, targeted=True)
+        else:
+            runs = [(target, target)]
+            loss_fn = self._loss_for(num_classes, targeted=target is not None)
+        for loss_target, succ_target in runs:
+            for _ in range(self.restarts):
+                # Draw the start for the whole batch so the same seed gives the same starts
+                # whichever samples are still active.
+                start = self._start(x, generator)
+                idx = (~best["succ"]).nonzero().squeeze(1)  # host sync between runs only
+                if idx.numel() == 0:
+                    return best["x"]
+                if idx.numel() == n:
+                    idx = None
+                self._run_once(model, loss_fn, x, y, loss_target, succ_target, start, idx, best)
+        return best["x"]
+
+    def _run_once(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        loss_target: torch.Tensor | None,
+        succ_target: torch.Tensor | None,
+        start: torch.Tensor,
+        idx: torch.Tensor | None,
+        best: dict[str, torch.Tensor],
+    ) -> None:
+        def sub(t: torch.Tensor | None) -> torch.Tensor | None:
+            return t if (t is None or idx is None) else t[idx]
+
+        xs, ys, lt, stt, xa = sub(x), sub(y), sub(loss_target), sub(succ_target), sub(start)
+        assert xs is not None and ys is not None and xa is not None
+        project = self.threat.project
+        direction = self.threat.steepest_direction
+        alpha = self.momentum
+
+        def loss_and_grad(xa: torch.Tensor, ys: torch.Tensor, lt: torch.Tensor | None):
+            xa = xa.detach().requires_grad_(True)
+            with torch.enable_grad():
+                logits = model(xa)
+                loss = loss_fn(logits, ys, lt)
+                (grad,) = torch.autograd.grad(loss.sum(), xa)
+            return loss.detach().to(xa.dtype), grad.detach(), logits.detach()
+
+        loss, grad, logits = loss_and_grad(xa, ys, lt)
+        if idx is None:
+            # keep a global index so that early stop can compact the active set
+            idx_full = torch.arange(x.shape[0], device=x.device)
+        else:
+            idx_full = idx
+        succ = is_adversarial(logits, ys, stt)
+        self._keep_best(best, idx_full, xa, loss, succ, whole=idx is None)
+
+        # per-sample state of this run
+        x_prev = xa.clone()
+        x_best, loss_best, grad_best = xa.clone(), loss.clone(), grad.clone()
+        loss_prev = loss.clone()
+        n_incr = torch.zeros_like(loss)
+        loss_best_last = loss_best.clone()
+        reduced_last = torch.ones_like(loss, dtype=torch.bool)
+        eta = torch.full_like(loss, 2.0 * self.threat.eps)
+        whole = idx is None
+        schedule = checkpoints(self.steps)
+
+        for i in range(self.steps):
+            a = 1.0 if i == 0 else alpha
+            momentum_term = xa - x_prev
+            x_prev = xa
+            z = project(xa + _per_sample(eta, xa) * direction(grad), xs)
+            if a == 1.0:
+                xa = z
+            else:
+                xa = project(xa + a * (z - xa) + (1 - a) * momentum_term, xs)
+            loss, grad, logits = loss_and_grad(xa, ys, lt)
+            succ = is_adversarial(logits, ys, stt)
+            self._keep_best(best, idx_full, xa, loss, succ, whole=whole)
+
+            improved = loss > loss_best
+            x_best = torch.where(_per_sample(improved, xa), xa, x_best)
+            grad_best = torch.where(_per_sample(improved, xa), grad, grad_best)
+            loss_best = torch.where(improved, loss, loss_best)
+            n_incr = n_incr + (loss > loss_prev).to(n_incr.dtype)
+            loss_prev = loss
+
+            if i in schedule:
+                k = schedule[i]
+                oscillating = n_incr <= k * self.rho
+                stalled = ~reduced_last & (loss_best_last >= loss_best)
+                halve = oscillating | stalled
+                reduced_last = halve
+                loss_best_last = loss_best.clone()
+                eta = torch.where(halve, eta / 2, eta)
+                xa = torch.where(_per_sample(halve, xa), x_best, xa)
+                grad = torch.where(_per_sample(halve, xa), grad_best, grad)
+                n_incr = torch.zeros_like(n_incr)
+
+            if self.early_stop and i + 1 < self.steps:
+                keep = ~succ
+                if not bool(keep.all()):  # host sync: only in early-stop mode
+                    idx_full = idx_full[keep]
+                    if idx_full.numel() == 0:
+                        return
+                    whole = False
+                    xa, grad, xs, ys = xa[keep], grad[keep], xs[keep], ys[keep]
+                    lt = None if lt is None else lt[keep]
+                    stt = None if stt is None else stt[keep]
+                    x_prev, x_best, grad_best = x_prev[keep], x_best[keep], grad_best[keep]
+                    loss_best, loss_prev, n_incr = loss_best[keep], loss_prev[keep], n_incr[keep]
+                    loss_best_last, reduced_last, eta = loss_best_last[keep], reduced_last[keep], eta[keep]
+
+    @staticmethod
+    def _keep_best(
+        best: dict[str, torch.Tensor],
+        idx: torch.Tensor,
+        x_new: torch.Tensor,
+        loss: torch.Tensor,
+        succ: torch.Tensor,
+        whole: bool,
+    ) -> None:
+        """Per sample: a successful point beats an unsuccessful one; among equals, higher loss."""
+        if whole:
+            b_x, b_loss, b_succ = best["x"], best["loss"], best["succ"]
+        else:
+            b_x, b_loss, b_succ = best["x"][idx], best["loss"][idx], best["succ"][idx]
+        loss = loss.to(b_loss.dtype)
+        better = (succ & ~b_succ) | ((succ == b_succ) & (loss > b_loss))
+        if whole:
+            torch.where(_per_sample(better, x_new), x_new, b_x, out=b_x)
+            torch.where(better, loss, b_loss, out=b_loss)
+            b_succ |= succ
+        else:
+            best["x"][idx] = torch.where(_per_sample(better, x_new), x_new, b_x)
+            best["loss"][idx] = torch.where(better, loss, b_loss)
+            best["succ"][idx] = b_succ | succ

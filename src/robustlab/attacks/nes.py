@@ -1,0 +1,132 @@
+"""NES: projected gradient ascent on a gradient *estimated from queries* (Ilyas et al. 2018,
+"Black-box adversarial attacks with limited queries and information").
+
+The gradient of the attack loss is estimated with antithetic Gaussian sampling (natural
+evolution strategies)::
+
+    g = 1 / (2 * sigma * P) * sum_{i=1..P} [L(x + sigma u_i) - L(x - sigma u_i)] u_i,   u_i ~ N(0, I)
+
+with ``P = samples / 2`` pairs, and drives PGD steps (sign for Linf, normalised for L2) with a
+projection onto the ball and the bounds after each step. Only model outputs are used: every
+forward runs under ``torch.no_grad``. Query points ``x +- sigma u`` are clipped to the input
+bounds (the model is never queried outside its domain).
+
+Per sample the attack keeps the best point it has seen (misclassified beats correctly classified,
+then higher loss) and stops as soon as the sample is misclassified (or reaches the target).
+Queries per sample: ``samples + 1`` per step it is attacked (estimate + evaluation of the new
+point); the clean prediction that picks the samples to attack is not counted (as in Square).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..threat import ThreatModel
+from .base import Attack, is_adversarial, resolve_step_size
+from .losses import LossFn
+from .pgd import _check_float, _check_int, _per_sample
+
+
+class NES(Attack):
+    """Query-only gradient estimation + PGD.
+
+    Args:
+        threat: Linf or L2 perturbation set.
+        steps: PGD steps.
+        samples: loss evaluations per gradient estimate (``samples / 2`` antithetic pairs; an
+            even number >= 2).
+        sigma: the finite-difference scale (in input units).
+        step_size: absolute step, or ``rel_step_size`` a fraction of eps; default
+            ``max(2.5 / steps, 0.1) * eps`` (estimated gradients are noisy, so steps stay large).
+        loss: ``"margin"`` (default) or ``"ce"`` (or any loss of :mod:`.losses`).
+        batch_size: images per forward pass when scoring the samples.
+        seed, eval_mode: see :class:`~robustlab.attacks.base.Attack`.
+    """
+
+    name = "nes"
+    uses_gradients = False
+
+    def __init__(
+        self,
+        threat: ThreatModel,
+        steps: int = 50,
+        samples: int = 50,
+        sigma: float = 0.001,
+        step_size: float | None = None,
+        rel_step_size: float | None = None,
+        loss: str | LossFn = "margin",
+        seed: int | None = None,
+        eval_mode: bool = True,
+        batch_size: int = 4096,
+    ) -> None:
+        super().__init__(threat, loss=loss, eval_mode=eval_mode, seed=seed, early_stop=True)
+        self.steps = _check_int("steps", steps, 1)
+        self.samples = _check_int("samples", samples, 2)
+        if self.samples % 2:
+            raise ValueError(f"samples must be even (antithetic pairs), got {samples}")
+        self.sigma = _check_float("sigma", sigma, 0.0, strict=True)
+        self.batch_size = _check_int("batch_size", batch_size, 1)
+        if step_size is not None:
+            step_size = _check_float("step_size", step_size, 0.0, strict=True)
+        if rel_step_size is not None:
+            rel_step_size = _check_float("rel_step_size", rel_step_size, 0.0, strict=True)
+        self.step_size = resolve_step_size(step_size, rel_step_size, threat.eps, max(2.5 / self.steps, 0.1))
+
+    def __repr__(self) -> str:
+        t = self.threat
+        return (
+            f"{type(self).__name__}(norm={t.norm}, eps={t.eps:g}, steps={self.steps}, samples={self.samples}, "
+            f"sigma={self.sigma:g}, step_size={self.step_size:g}, loss={self.loss_name})"
+        )
+
+    def _scores(self, model: nn.Module, z: torch.Tensor, ys: torch.Tensor, ts: torch.Tensor | None):
+        """Loss and success of a batch of points, forwarded in chunks without gradients."""
+        losses, succ = [], []
+        with torch.no_grad():
+            for i in range(0, z.shape[0], self.batch_size):
+                logits = model(z[i : i + self.batch_size])
+                yy = ys[i : i + self.batch_size]
+                tt = None if ts is None else ts[i : i + self.batch_size]
+                losses.append(self.loss_fn(logits, yy, tt).to(z.dtype))
+                succ.append(is_adversarial(logits, yy, tt))
+        return torch.cat(losses), torch.cat(succ)
+
+    def _attack(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n = x.shape[0]
+        pairs = self.samples // 2
+        best_loss, succ = self._scores(model, x, y, target)
+        best_x = x.clone()
+        queries = torch.zeros(n, dtype=torch.long, device=x.device)
+        xa = x.clone()
+        for _ in range(self.steps):
+            act = (~succ).nonzero().squeeze(1)  # host sync: one per step (black-box cost)
+            if act.numel() == 0:
+                break
+            k = act.numel()
+            xs, xc, ys = x[act], xa[act], y[act]
+            ts = None if target is None else target[act]
+            u = torch.randn((k, pairs, *x.shape[1:]), generator=generator, dtype=x.dtype, device=x.device)
+            centre = xc[:, None]
+            pts = torch.cat([self.threat.clip_bounds(centre + self.sigma * u), self.threat.clip_bounds(centre - self.sigma * u)], 1)
+            rep = lambda t: None if t is None else t[:, None].expand(k, 2 * pairs).reshape(-1)  # noqa: E731
+            loss, _ = self._scores(model, pts.reshape(k * 2 * pairs, *x.shape[1:]), rep(ys), rep(ts))
+            loss = loss.view(k, 2 * pairs)
+            diff = (loss[:, :pairs] - loss[:, pairs:]) / (2 * self.sigma * pairs)
+            grad = (diff.view(k, pairs, *([1] * (x.dim() - 1))) * u).sum(1)
+            xc = self.threat.project(xc + self.step_size * self.threat.steepest_direction(grad), xs)
+            lc, sc = self._scores(model, xc, ys, ts)
+            queries[act] += self.samples + 1
+            xa[act] = xc
+            better = sc | (lc > best_loss[act])
+            best_x[act] = torch.where(_per_sample(better, xc), xc, best_x[act])
+            best_loss[act] = torch.where(better, lc, best_loss[act])
+            succ[act] = sc
+        return best_x, queries

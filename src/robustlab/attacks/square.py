@@ -1,0 +1,267 @@
+"""Square Attack (Andriushchenko et al. 2020, "Square Attack: a query-efficient black-box
+adversarial attack via random search"), Linf and L2.
+
+A score-based black-box attack: it only reads the model's outputs (every forward runs under
+``torch.no_grad``; no gradient is ever computed), so it is immune to gradient masking and is the
+standard sanity check for white-box results. Random search over localised square-shaped updates:
+
+* **Linf**: start from vertical stripes (each column of each channel at ``x +- eps``), then at
+  every iteration pick, per sample, a random ``s x s`` window and set it (all channels) to
+  ``x + eps * sign`` with one random sign per channel; keep the candidate if the loss improves.
+  Candidates that would not change the current point (the window already at that vertex) get the
+  opposite signs instead, so no query is wasted on a no-op.
+* **L2**: the paper's scheme: start from a grid of "meta pseudo-Gaussian" blocks (two opposite
+  rectangles of ``1 / r^2`` concentric rings); each iteration takes two random windows, moves the
+  perturbation mass of the second window into the first (a new random block pattern added to the
+  first window's old content), and rescales the whole perturbation to the sphere of radius eps.
+
+The window side ``s`` follows the paper's schedule: ``p = p_init / 2^j`` (halved at 10, 50, 200,
+500, 1000, 2000, 4000, 6000, 8000 of 10000 iterations, rescaled to the query budget), ``s =
+round(sqrt(p * pixels))``. Window positions and signs are drawn per sample (the reference draws
+one position per batch). Inputs that are not ``(N, C, H, W)`` are viewed as images: ``(N, H, W)``
+as one channel, ``(N, D)`` as a ``1 x D`` strip.
+
+Queries are counted per sample: one for the initial point plus one per iteration the sample is
+still being attacked (the clean prediction that picks the samples to attack is not counted), per
+restart. A sample stops as soon as it is misclassified (or reaches the target).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from ..threat import ThreatModel
+from .base import Attack, is_adversarial
+from .losses import LossFn
+from .pgd import _check_float, _check_int, _per_sample
+
+
+def p_schedule(p_init: float, it: int, n_iters: int) -> float:
+    """The fraction of pixels a square covers at iteration ``it`` of ``n_iters`` (paper schedule,
+    defined on 10,000 iterations and rescaled)."""
+    it = int(it / max(n_iters, 1) * 10000)
+    for bound, div in ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128), (8000, 256)):
+        if it <= bound:
+            return p_init / div
+    return p_init / 512
+
+
+def _rings(rows: int, cols: int) -> torch.Tensor:
+    """A (rows, cols) block of concentric rectangles weighted 1/r^2 (peak in the centre), unit L2."""
+    d = torch.zeros(rows, cols, dtype=torch.float64)
+    if rows == 0 or cols == 0:
+        return d
+    cr, cc = rows // 2, cols // 2
+    for r in range(max(rows // 2 + 1, cols // 2 + 1)):
+        d[max(cr - r, 0) : min(cr - r + 2 * r + 1, rows), max(cc - r, 0) : min(cc - r + 2 * r + 1, cols)] += 1.0 / (r + 1) ** 2
+    return d / d.norm().clamp_min(1e-12)
+
+
+@lru_cache(maxsize=64)
+def _block(s: int) -> torch.Tensor:
+    """The meta pseudo-Gaussian block: the top half rings, the bottom half negative rings, unit L2."""
+    d = torch.zeros(s, s, dtype=torch.float64)
+    d[: s // 2] = _rings(s // 2, s)
+    d[s // 2 :] = -_rings(s - s // 2, s)
+    return d / d.norm().clamp_min(1e-12)
+
+
+def _as_images(x: torch.Tensor) -> torch.Tensor:
+    """A (N, C, H, W) view of x (see the module docstring)."""
+    if x.dim() == 4:
+        return x
+    if x.dim() == 3:
+        return x.unsqueeze(1)
+    if x.dim() == 2:
+        return x.view(x.shape[0], 1, 1, x.shape[1])
+    return x.reshape(x.shape[0], -1, x.shape[-2], x.shape[-1])
+
+
+def _window_index(vh: torch.Tensor, vw: torch.Tensor, s: int, w: int) -> torch.Tensor:
+    """Flat (row * w + col) indices of per-sample s x s windows with top-left (vh, vw): (n, s*s)."""
+    ar = torch.arange(s, device=vh.device)
+    rows = vh[:, None] + ar
+    cols = vw[:, None] + ar
+    return (rows[:, :, None] * w + cols[:, None, :]).reshape(len(vh), s * s)
+
+
+class Square(Attack):
+    """Score-based black-box random search with square updates.
+
+    Args:
+        threat: Linf or L2 perturbation set.
+        queries: model queries per sample and restart (including the initial point).
+        p_init: initial fraction of pixels a square covers (0.8 in the paper for Linf on
+            ImageNet, 0.05 for CIFAR-10 in AutoAttack; larger helps on small images).
+        restarts: independent runs, each only on samples not broken yet.
+        loss: loss to increase, ``"margin"`` (default) or ``"ce"`` (or any loss of :mod:`.losses`).
+        seed, eval_mode: see :class:`~robustlab.attacks.base.Attack`.
+
+    Returns ``(x_adv, queries)`` from ``_attack``; ``run`` puts the query counts into
+    :attr:`AttackResult.queries`.
+    """
+
+    name = "square"
+    uses_gradients = False
+
+    def __init__(
+        self,
+        threat: ThreatModel,
+        queries: int = 1000,
+        p_init: float = 0.8,
+        restarts: int = 1,
+        loss: str | LossFn = "margin",
+        seed: int | None = None,
+        eval_mode: bool = True,
+    ) -> None:
+        # The search always stops per sample on success (early_stop is always on).
+        super().__init__(threat, loss=loss, eval_mode=eval_mode, seed=seed, early_stop=True)
+        self.queries = _check_int("queries", queries, 1)
+        self.p_init = _check_float("p_init", p_init, 0.0, strict=True)
+        if self.p_init > 1:
+            raise ValueError(f"p_init must be in (0, 1], got {p_init!r}")
+        self.restarts = _check_int("restarts", restarts, 1)
+
+    def __repr__(self) -> str:
+        t = self.threat
+        return (
+            f"{type(self).__name__}(norm={t.norm}, eps={t.eps:g}, queries={self.queries}, "
+            f"p_init={self.p_init:g}, restarts={self.restarts}, loss={self.loss_name})"
+        )
+
+    # --- the attack ---------------------------------------------------------------------------
+    def _attack(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = x.shape
+        x4 = _as_images(x)
+        n = x4.shape[0]
+
+        def query(z4: torch.Tensor, ys: torch.Tensor, ts: torch.Tensor | None):
+            with torch.no_grad():
+                logits = model(z4.reshape(z4.shape[0], *shape[1:]))
+            return self.loss_fn(logits, ys, ts).to(x.dtype), is_adversarial(logits, ys, ts)
+
+        best_loss, succ = query(x4, y, target)
+        best_x = x4.clone()
+        queries = torch.zeros(n, dtype=torch.long, device=x.device)
+        for _ in range(self.restarts):
+            idx = (~succ).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            ts = None if target is None else target[idx]
+            xr, lr, sr, qr = self._run_once(query, x4[idx], y[idx], ts, generator)
+            better = sr | (~succ[idx] & (lr > best_loss[idx]))
+            best_x[idx] = torch.where(_per_sample(better, xr), xr, best_x[idx])
+            best_loss[idx] = torch.where(better, lr, best_loss[idx])
+            succ[idx] = succ[idx] | sr
+            queries[idx] += qr
+        return best_x.reshape(shape), queries
+
+    def _run_once(self, query, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None, generator):
+        n, c, h, w = x.shape
+        eps = self.threat.eps
+        dev, dt = x.device, x.dtype
+        if self.threat.norm == "linf":
+            signs = torch.randint(0, 2, (n, c, 1, w), generator=generator, device=dev).to(dt) * 2 - 1
+            xb = self.threat.project(x + eps * signs, x)
+        else:
+            xb = self._l2_init(x, generator)
+        lb, sb = query(xb, y, t)
+        qn = torch.ones(n, dtype=torch.long, device=dev)
+        n_pix = h * w
+        for i in range(self.queries - 1):
+            act = (~sb).nonzero().squeeze(1)  # host sync: one per query round (black-box cost)
+            if act.numel() == 0:
+                break
+            xa, xba = x[act], xb[act]
+            ta = None if t is None else t[act]
+            p = p_schedule(self.p_init, i, self.queries - 1)
+            if self.threat.norm == "linf":
+                s = min(max(int(round(math.sqrt(p * n_pix))), 1), h, w)
+                x_new = self._linf_candidate(xa, xba, s, generator)
+            else:
+                s = max(int(round(math.sqrt(p * n_pix))), 3)
+                s = min(s + 1 if s % 2 == 0 else s, h, w)
+                x_new = self._l2_candidate(xa, xba, s, generator)
+            loss, ok = query(x_new, y[act], ta)
+            qn[act] += 1
+            improved = ok | (loss > lb[act])
+            xb[act] = torch.where(_per_sample(improved, x_new), x_new, xba)
+            lb[act] = torch.where(improved, loss, lb[act])
+            sb[act] = ok
+        return xb, lb, sb, qn
+
+    # --- Linf -----------------------------------------------------------------------------------
+    def _linf_candidate(self, x: torch.Tensor, xb: torch.Tensor, s: int, generator) -> torch.Tensor:
+        n, c, h, w = x.shape
+        dev, dt = x.device, x.dtype
+        vh = torch.randint(0, h - s + 1, (n,), generator=generator, device=dev)
+        vw = torch.randint(0, w - s + 1, (n,), generator=generator, device=dev)
+        rows = torch.arange(h, device=dev)[None, :]
+        cols = torch.arange(w, device=dev)[None, :]
+        in_h = (rows >= vh[:, None]) & (rows < vh[:, None] + s)
+        in_w = (cols >= vw[:, None]) & (cols < vw[:, None] + s)
+        mask = (in_h[:, :, None] & in_w[:, None, :])[:, None].to(dt)  # (n, 1, h, w)
+        sign = torch.randint(0, 2, (n, c, 1, 1), generator=generator, device=dev).to(dt) * 2 - 1
+        step = mask * (2 * self.threat.eps) * sign
+        cand = self.threat.project(xb + step, x)
+        unchanged = (cand == xb).flatten(1).all(1)
+        flipped = self.threat.project(xb - step, x)
+        return torch.where(_per_sample(unchanged, cand), flipped, cand)
+
+    # --- L2 -------------------------------------------------------------------------------------
+    def _normalised(self, delta: torch.Tensor) -> torch.Tensor:
+        nrm = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+        return delta / _per_sample(nrm, delta)
+
+    def _l2_init(self, x: torch.Tensor, generator) -> torch.Tensor:
+        n, c, h, w = x.shape
+        dev, dt = x.device, x.dtype
+        s = max(min(h, w) // 5, 1)
+        nh, nw = h // s, w // s
+        sh, sw = (h - nh * s) // 2, (w - nw * s) // 2
+        delta = torch.zeros_like(x)
+        base = _block(s).to(device=dev, dtype=dt)
+        for a in range(nh):
+            for b in range(nw):
+                flip = bool(torch.randint(0, 2, (1,), generator=generator, device=dev).item())
+                blk = base.t() if flip else base
+                sign = torch.randint(0, 2, (n, c, 1, 1), generator=generator, device=dev).to(dt) * 2 - 1
+                r0, c0 = sh + a * s, sw + b * s
+                delta[:, :, r0 : r0 + s, c0 : c0 + s] += blk * sign
+        return self.threat.clip_bounds(x + self.threat.eps * self._normalised(delta))
+
+    def _l2_candidate(self, x: torch.Tensor, xb: torch.Tensor, s: int, generator) -> torch.Tensor:
+        n, c, h, w = x.shape
+        dev, dt = x.device, x.dtype
+        eps = self.threat.eps
+        rnd = lambda hi: torch.randint(0, hi, (n,), generator=generator, device=dev)  # noqa: E731
+        idx1 = _window_index(rnd(h - s + 1), rnd(w - s + 1), s, w)[:, None, :].expand(n, c, s * s)
+        idx2 = _window_index(rnd(h - s + 1), rnd(w - s + 1), s, w)[:, None, :].expand(n, c, s * s)
+        delta = (xb - x).flatten(2).clone()  # (n, c, h*w)
+        win1 = delta.gather(2, idx1)  # (n, c, s*s)
+        norm_win1 = win1.norm(dim=2, keepdim=True)
+        norm_image = delta.flatten(1).norm(dim=1)
+        union = torch.zeros_like(delta).scatter_(2, idx1, 1.0).scatter_(2, idx2, 1.0)
+        norm_windows = (delta * union).flatten(1).norm(dim=1)
+        base = _block(s).to(device=dev, dtype=dt)
+        flip = torch.randint(0, 2, (n, 1, 1), generator=generator, device=dev).bool()
+        blk = torch.where(flip, base.t().reshape(1, 1, -1), base.reshape(1, 1, -1))  # (n, 1, s*s)
+        sign = torch.randint(0, 2, (n, c, 1), generator=generator, device=dev).to(dt) * 2 - 1
+        new = blk * sign + win1 / (norm_win1 + 1e-12)
+        budget = ((eps**2 - norm_image**2).clamp_min(0) / c + norm_windows**2).sqrt()
+        new = new / (new.norm(dim=2, keepdim=True) + 1e-12) * budget[:, None, None]
+        delta.scatter_(2, idx2, 0.0)
+        delta.scatter_(2, idx1, new)
+        delta = delta.view_as(x)
+        return self.threat.clip_bounds(x + eps * self._normalised(delta))

@@ -1,0 +1,238 @@
+"""Evaluation primitives: clean accuracy, robust accuracy, success rate, perturbation sizes.
+
+Results are plain data (per-sample outcomes included) that serialise to JSON, so reports and
+comparisons read files, never models. The worst case over several attacks is taken per sample:
+a sample counts as robust only if it survives every attack (never an average of attacks).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .attacks.base import Attack, model_guard
+from .threat import ThreatModel
+from .validation import check_images, check_labels, check_logits, check_same_device
+
+SCHEMA_VERSION = 1
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Predicted classes in eval mode, batched; the model's mode is restored."""
+    with model_guard(model, eval_mode=True):
+        return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+
+
+def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    return float((predict(model, x, batch_size) == y).float().mean())
+
+
+@dataclass
+class AttackOutcome:
+    """One attack's per-sample outcome on a data set.
+
+    ``robust[i]``: sample i is classified correctly after the attack (False where the clean
+    prediction was already wrong). ``attacked[i]``: the attack was actually run on sample i.
+    """
+
+    name: str
+    robust: torch.Tensor
+    attacked: torch.Tensor
+    norms: dict[str, torch.Tensor]
+    seconds: float
+
+    def summary(self, clean_correct: torch.Tensor) -> dict[str, Any]:
+        n = len(self.robust)
+        correct = clean_correct & self.attacked
+        fooled = correct & ~self.robust
+        out: dict[str, Any] = {
+            "robust_accuracy": float(self.robust.float().sum() / max(n, 1)),
+            "success_rate": float(fooled.float().sum() / max(int(correct.sum()), 1)),
+            "attacked": int(self.attacked.sum()),
+            "seconds": round(self.seconds, 3),
+        }
+        for k, v in self.norms.items():
+            sel = v[fooled] if fooled.any() else v[:0]
+            out[f"mean_{k}"] = float(sel.mean()) if len(sel) else 0.0
+            out[f"max_{k}"] = float(sel.max()) if len(sel) else 0.0
+        return out
+
+
+def _norms(delta: torch.Tensor) -> dict[str, torch.Tensor]:
+    flat = delta.flatten(1)
+    return {"l1": flat.abs().sum(1), "l2": flat.norm(dim=1), "linf": flat.abs().amax(1)}
+
+
+def run_attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attack: Attack,
+    batch_size: int = 500,
+    only: torch.Tensor | None = None,
+    progress: bool = False,
+) -> AttackOutcome:
+    """Run ``attack`` on the samples selected by ``only`` (default: all correctly classified),
+    in batches, and record per-sample robustness and perturbation sizes."""
+    n = len(x)
+    pred = predict(model, x, batch_size)
+    robust = pred == y
+    sel = robust.clone() if only is None else (only & robust)
+    idx = sel.nonzero().flatten()
+    norms = {k: torch.zeros(n, device=x.device) for k in ("l1", "l2", "linf")}
+    t0 = time.perf_counter()
+    for i in tqdm(range(0, len(idx), batch_size), desc=attack.name, disable=not progress, leave=False):
+        b = idx[i : i + batch_size]
+        res = attack.run(model, x[b], y[b])
+        robust[b] = ~res.success
+        for k, v in _norms(res.x_adv - x[b]).items():
+            norms[k][b] = v
+    return AttackOutcome(attack.name, robust.cpu(), sel.cpu(), {k: v.cpu() for k, v in norms.items()}, time.perf_counter() - t0)
+
+
+@dataclass
+class EvaluationResult:
+    """Clean and robust accuracy with per-sample outcomes.
+
+    ``robust_accuracy`` is the per-sample worst case over all attacks. In ``cascade`` mode each
+    attack only runs on samples that survived the previous ones (as AutoAttack does), and
+    ``per_attack`` holds the cumulative robust accuracy after each attack; otherwise each attack
+    runs on every correctly classified sample and ``per_attack`` is its own accuracy.
+    """
+
+    threat: ThreatModel
+    n: int
+    clean_correct: torch.Tensor
+    outcomes: list[AttackOutcome]
+    cascade: bool
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def clean_accuracy(self) -> float:
+        return float(self.clean_correct.float().mean())
+
+    @property
+    def robust(self) -> torch.Tensor:
+        r = self.clean_correct.clone()
+        for o in self.outcomes:
+            r &= o.robust
+        return r
+
+    @property
+    def robust_accuracy(self) -> float:
+        return float(self.robust.float().mean())
+
+    @property
+    def per_attack(self) -> dict[str, float]:
+        return {o.name: float(o.robust.float().mean()) for o in self.outcomes}
+
+    def to_dict(self, per_sample: bool = True) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "threat": self.threat.to_dict(),
+            "n": self.n,
+            "clean_accuracy": self.clean_accuracy,
+            "robust_accuracy": self.robust_accuracy,
+            "per_attack": self.per_attack,
+            "per_attack_mode": "cumulative" if self.cascade else "independent",
+            "attacks": {o.name: o.summary(self.clean_correct) for o in self.outcomes},
+            "checks": self.checks,
+            **self.extra,
+        }
+        if per_sample:
+            d["per_sample"] = {
+                "clean_correct": self.clean_correct.int().tolist(),
+                "robust": self.robust.int().tolist(),
+                **{f"robust_{o.name}": o.robust.int().tolist() for o in self.outcomes},
+            }
+        return d
+
+    def to_json(self, per_sample: bool = True) -> str:
+        return json.dumps(self.to_dict(per_sample), indent=2)
+
+
+def _unique_names(attacks: Sequence[Attack]) -> list[str]:
+    names, seen = [], {}
+    for a in attacks:
+        base = getattr(a, "name", type(a).__name__.lower())
+        seen[base] = seen.get(base, 0) + 1
+        names.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+    return names
+
+
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threat: ThreatModel,
+    attacks: str | Sequence[Attack] = "standard",
+    batch_size: int = 500,
+    cascade: bool = True,
+    early_stop: bool = True,
+    progress: bool = False,
+    checks: bool = False,
+    checks_scale: float = 1.0,
+) -> EvaluationResult:
+    """Clean accuracy and per-sample worst-case robust accuracy of ``model`` under ``attacks``.
+
+    ``attacks`` is a list of Attack objects or a suite name (see :mod:`robustlab.suites`).
+    With ``early_stop`` each attack stops working on a sample once it is misclassified (the
+    accuracy is the same; only the cost drops). The attack objects passed in are not modified.
+    With ``checks=True`` the gradient-masking checks of :func:`robustlab.checks.run_checks` run
+    afterwards (against this result) and fill ``result.checks``; any WARN is also issued as a
+    ``RuntimeWarning`` with the lines of :func:`robustlab.checks.format_checks`;
+    ``checks_scale`` multiplies their step, query and draw counts.
+    """
+    check_images(x, threat)
+    check_same_device(model, x=x, y=y)
+    with torch.no_grad(), model_guard(model):
+        nc = check_logits(model(x[:1]), 1).shape[1]
+    check_labels(y, len(x), nc)
+    if isinstance(attacks, str):
+        from .suites import build_suite
+
+        attacks = build_suite(attacks, threat)
+    attack_list = list(attacks)
+    if not attack_list:
+        raise ValueError("attacks is empty: give at least one attack or a suite name")
+    for a in attack_list:
+        if not isinstance(a, Attack):
+            raise ValueError(f"attacks must be robustlab Attack objects, got {type(a).__name__}")
+        if a.threat != threat:
+            raise ValueError(f"{a!r} uses threat {a.threat}, but the evaluation's threat is {threat}")
+    clean_correct = (predict(model, x, batch_size) == y).cpu()
+    outcomes: list[AttackOutcome] = []
+    alive = clean_correct.clone().to(x.device)
+    for name, attack in zip(_unique_names(attack_list), attack_list):
+        a = copy.copy(attack)
+        a.early_stop = early_stop or a.early_stop
+        a.name = name
+        out = run_attack(model, x, y, a, batch_size, only=alive if cascade else None, progress=progress)
+        if cascade:
+            # Samples not attacked because an earlier attack broke them stay broken.
+            out.robust &= alive.cpu()
+            alive = alive & out.robust.to(x.device)
+        outcomes.append(out)
+    result = EvaluationResult(threat, len(x), clean_correct, outcomes, cascade)
+    if checks:
+        import warnings
+
+        from .checks import format_checks, run_checks
+
+        names = _unique_names(attack_list)
+        gradient_names = [n for n, a in zip(names, attack_list) if getattr(a, "uses_gradients", True)]
+        result.checks = run_checks(
+            model, x, y, threat, result=result, scale=checks_scale, whitebox_names=gradient_names, batch_size=batch_size
+        )
+        if any(c["status"] != "PASS" for c in result.checks):
+            warnings.warn("\n" + format_checks(result.checks), RuntimeWarning, stacklevel=2)
+    return result
