@@ -98,3 +98,29 @@ def test_killing_one_rank_fails_fast_and_keeps_the_checkpoint(tmp_path):
     assert "FAILED" in stderr or "failed" in stderr.lower()
     model = load_model(run)  # the last checkpoint written by rank 0 is intact
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_sharded_evaluation_equals_single_process_sample_for_sample(tmp_path):
+    import shutil
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "robustlab", "train", "--dataset", "digits", "--model-option",
+                        "channels=[8,16]", "--model-option", "hidden=32", "--epochs", "4", "--batch-size", "64",
+                        "--lr", "3e-3", "--quiet", "--device", "cpu", "--monitor-attack", "none", "--out", str(run)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    shutil.copytree(run, tmp_path / "run2")
+    args = ["evaluate", "--attacks", "noise,fgsm,pgd,apgd", "--steps", "10", "--eps", "0.1", "--batch-size", "64",
+            "--quiet", "--device", "cpu"]
+    one = subprocess.run([sys.executable, "-m", "robustlab", args[0], str(run), *args[1:]], capture_output=True,
+                         text=True, env=env, timeout=600)
+    two = subprocess.run([sys.executable, "-m", "robustlab", args[0], str(tmp_path / "run2"), *args[1:], "--nproc", "2"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert two.returncode == 0, two.stderr[-2000:]
+    a = json.loads((run / "evaluation.json").read_text())
+    b = json.loads((tmp_path / "run2" / "evaluation.json").read_text())
+    assert a["per_sample"] == b["per_sample"]
+    assert a["robust_accuracy"] == b["robust_accuracy"] and a["per_attack"] == b["per_attack"]
+    assert 0 < a["robust_accuracy"] < a["clean_accuracy"]

@@ -54,6 +54,26 @@ def _argv_without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
+def _cli_attack(name: str, threat: Any, steps: int | None, surrogate: Any) -> Any:
+    """An attack for ``evaluate --attacks``: seeded, with --steps mapped to each attack's budget."""
+    from .attacks import ATTACKS, Transfer, attack_options, build_attack
+
+    if name == "transfer":
+        if surrogate is None:
+            raise ValueError("the transfer attack needs --surrogate RUN (the model that crafts the examples)")
+        return Transfer(threat, surrogate)
+    if name not in ATTACKS:
+        build_attack(name, threat)  # raises the registry's "unknown attack" error
+    allowed = attack_options(ATTACKS[name]) or []
+    opts: dict[str, Any] = {"seed": 0} if "seed" in allowed else {}
+    if steps is not None:
+        if "steps" in allowed:
+            opts["steps"] = steps
+        elif "queries" in allowed:
+            opts["queries"] = steps
+    return build_attack(name, threat, **opts)
+
+
 def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     """KEY=VALUE pairs; values parsed as JSON when possible (numbers, true/false, lists)."""
     out: dict[str, Any] = {}
@@ -86,6 +106,9 @@ def main() -> None:
 @click.option("--model", "model_name", default="small-cnn", show_default=True, help="small-cnn | mlp | resnet18")
 @click.option("--batchnorm/--no-batchnorm", default=None, help="BatchNorm in small-cnn / mlp.")
 @click.option("--activation", default=None, help="relu | gelu | silu | softplus")
+@click.option("--denoise", default=None, metavar="OP",
+              help="Feature-denoising blocks (small-cnn, resnet18): nonlocal | mean | median | bilateral "
+                   "(tune with --model-option denoise_embed=dot, denoise_stages=[1], ...).")
 @click.option("--model-option", "model_option", multiple=True, help="Extra model option KEY=VALUE (repeatable).")
 @click.option("--defense", default="clean", show_default=True, help="Training objective (clean, or an adversarial one).")
 @click.option("--eps", type=float, default=None, help="Defence budget (adversarial objectives).")
@@ -109,7 +132,7 @@ def main() -> None:
 @click.option("--sync-bn", is_flag=True, help="SyncBatchNorm across processes (with --nproc > 1).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, model_name, batchnorm, activation,
-          model_option, defense, eps, norm, defense_option, monitor_attack, monitor_eps, monitor_n, epochs,
+          denoise, model_option, defense, eps, norm, defense_option, monitor_attack, monitor_eps, monitor_n, epochs,
           batch_size, optimizer, lr, momentum, weight_decay, schedule, seed, nproc, sync_bn, device, quiet) -> None:
     """Train a model into a run directory (or --resume one)."""
     from .distributed import relaunch, shutdown
@@ -129,6 +152,8 @@ def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, mod
         model_options["batchnorm"] = batchnorm
     if activation is not None:
         model_options["activation"] = activation
+    if denoise is not None:
+        model_options["denoise"] = denoise
     defense_options = _parse_options(defense_option)
     if eps is not None:
         defense_options["eps"] = eps
@@ -240,10 +265,30 @@ def attack(run, attack_name, norm, eps, steps, target, attack_option, n, batch_s
 @click.option("--n", type=int, default=None, help="Test images (default: all).")
 @click.option("--batch-size", type=int, default=500, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--surrogate", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Run whose model crafts the 'transfer' attack's examples.")
+@click.option("--checks", "with_checks", is_flag=True, help="Also run the gradient-masking checks.")
+@click.option("--nproc", type=int, default=1, show_default=True, help="Shard the evaluation over N processes (torchrun).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True)
-def evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as_json, device, quiet) -> None:
+def evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as_json, surrogate, with_checks, nproc,
+             device, quiet) -> None:
     """Clean accuracy, and robust accuracy under attacks or a suite; writes RUN/metrics.json."""
+    if nproc != 1:
+        from .distributed import relaunch
+
+        sys.exit(relaunch(nproc, _argv_without_nproc(sys.argv[1:])))
+    from .distributed import init_from_env, shutdown
+
+    try:
+        _evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as_json, surrogate, with_checks,
+                  device, quiet, init_from_env)
+    finally:
+        shutdown()
+
+
+def _evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as_json, surrogate, with_checks,
+              device, quiet, init_from_env) -> None:
     from .attacks import build_attack
     from .checkpoint import load_model
     from .evaluation import clean_accuracy, evaluate as run_eval
@@ -251,9 +296,10 @@ def evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as_
     from .threat import ThreatModel
     from .training import write_metrics
 
-    dev = resolve_device(device)
+    dev = init_from_env(resolve_device(device))
     model = load_model(run, map_location=dev)
     x, y, _ = load_run_data(run, "test", dev, limit=n)
+    surrogate_model = load_model(surrogate, map_location=dev) if surrogate else None
     t0 = time.perf_counter()
     clean = clean_accuracy(model, x, y, batch_size)
     # The run's headline clean_accuracy is the full test set's; a subset (--n) is kept apart.
@@ -271,21 +317,25 @@ def evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as_
                 attacks: Any = suite
             else:
                 attacks = []
-                for name in [a.strip() for a in attack_names.split(",") if a.strip()]:
-                    opts: dict[str, Any] = {"seed": 0} if name in ("pgd", "noise") else {}
-                    if steps is not None and name in ("pgd", "mim", "cw"):
-                        opts["steps"] = steps
-                    attacks.append(build_attack(name, threat, **opts))
-            res = run_eval(model, x, y, threat, attacks, batch_size=batch_size, progress=not quiet)
+                for name in [a.strip().lower() for a in attack_names.split(",") if a.strip()]:
+                    attacks.append(_cli_attack(name, threat, steps, surrogate_model))
+            res = run_eval(model, x, y, threat, attacks, batch_size=batch_size, progress=not quiet, checks=with_checks)
             curve.append({"eps": eps, "robust_accuracy": res.robust_accuracy, "per_attack": res.per_attack,
-                          "details": res.to_dict(per_sample=False)})
+                          "details": res.to_dict(per_sample=False), "checks": res.checks, "result": res})
         head = curve[0]  # the first --eps value is the headline budget; the rest make the curve
         metrics.update({"robust_accuracy": head["robust_accuracy"], "per_attack": head["per_attack"],
                         "eps": head["eps"], "norm": norm, "suite": suite, "evaluation": head["details"],
-                        "eps_curve": None})
+                        "eps_curve": None, "checks": head["checks"] or None})
         if len(curve) > 1:
             metrics["eps_curve"] = [{k: c[k] for k in ("eps", "robust_accuracy", "per_attack")} for c in curve]
     metrics["evaluate_seconds"] = round(time.perf_counter() - t0, 2)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if attack_names or suite:
+        from .checkpoint import atomic_write_text
+
+        # The headline result with per-sample outcomes (schema: docs/results-schema.md).
+        atomic_write_text(Path(run) / "evaluation.json", curve[0]["result"].to_json(per_sample=True))
     write_metrics(run, metrics)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
@@ -295,6 +345,10 @@ def evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as_
         for name, acc in metrics["per_attack"].items():
             click.echo(f"{name:<16} {acc:.4f}")
         click.echo(f"robust (worst)   {metrics['robust_accuracy']:.4f}  at {norm} eps={metrics['eps']:g}")
+    if metrics.get("checks"):
+        from .checks import format_checks
+
+        click.echo(format_checks(metrics["checks"]))
     click.echo(f"metrics written to {Path(run) / 'metrics.json'}")
 
 
@@ -352,6 +406,139 @@ def report(runs, out, eps, norm, n_examples, no_artifacts, device) -> None:
             first_with_artifacts = first_with_artifacts or run
     path = build_report([Path(r) for r in runs], Path(out))
     click.echo(str(path))
+
+
+# --- train-detector --------------------------------------------------------------------------
+@main.command("train-detector")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--attack", "attack_name", default="pgd", show_default=True, help="Attack that makes the training examples.")
+@click.option("--eps", type=float, default=0.1, show_default=True)
+@click.option("--norm", default="linf", show_default=True)
+@click.option("--steps", type=int, default=10, show_default=True, help="Iterations of the (iterative) training attack.")
+@click.option("--eval-steps", type=int, default=20, show_default=True,
+              help="Iterations of the plain and the adaptive attack on the test images.")
+@click.option("--attack-option", "attack_option", multiple=True, help="Training-attack option KEY=VALUE (repeatable).")
+@click.option("--n-train", type=int, default=5000, show_default=True, help="Training images (clean + attacked).")
+@click.option("--n-test", type=int, default=1000, show_default=True, help="Test images (clean + attacked).")
+@click.option("--epochs", type=int, default=30, show_default=True, help="Detector training epochs.")
+@click.option("--hidden", default="64", show_default=True, help="Detector hidden sizes, comma-separated ('' = logistic regression).")
+@click.option("--layer", default=None, help="Feature layer (module name); default: input of the last nn.Linear.")
+@click.option("--lam", type=float, default=1.0, show_default=True, help="Detector weight of the adaptive attack.")
+@click.option("--adaptive-loss", default="margin", show_default=True, help="Classifier loss of the adaptive attack.")
+@click.option("--kappa", type=float, default=1.0, show_default=True, help="Cap on the adaptive classifier loss (<0: none).")
+@click.option("--det-margin", type=float, default=1.0, show_default=True,
+              help="Adaptive attack: push the detector logit only this far below the threshold (<0: no cap).")
+@click.option("--fpr", type=float, default=0.05, show_default=True, help="False-positive rate that sets the threshold.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=500, show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--device", default="auto", show_default=True)
+def train_detector_cmd(run, attack_name, eps, norm, steps, eval_steps, attack_option, n_train, n_test, epochs, hidden,
+                       layer, lam, adaptive_loss, kappa, det_margin, fpr, seed, batch_size, out, device) -> None:
+    """Train a SafetyNet-style adversarial-example detector on RUN's features; report detection
+    under the plain and an adaptive attack; write OUT/detector.safetensors, detector.json, metrics.json."""
+    from .attacks import build_attack
+    from .checkpoint import atomic_write_json, load_model
+    from .detector import detector_experiment
+    from .runs import load_run_data, resolve_device
+    from .threat import ThreatModel
+
+    if n_train < 2 or n_test < 2:
+        raise ValueError("--n-train and --n-test must be >= 2")
+    if not 0 < fpr < 1:
+        raise ValueError(f"--fpr must be in (0, 1), got {fpr}")
+    dev = resolve_device(device)
+    model = load_model(run, map_location=dev)
+    x_tr, y_tr, _ = load_run_data(run, "train", dev)
+    x_tr, y_tr = x_tr[:n_train], y_tr[:n_train]
+    x_te, y_te, _ = load_run_data(run, "test", dev, limit=n_test)
+    threat = ThreatModel(norm, eps)
+    opts = _parse_options(attack_option)
+    iterative = attack_name.lower() in ("pgd", "mim", "cw")
+    if iterative:
+        opts.setdefault("steps", steps)
+    if attack_name.lower() in ("pgd", "noise"):
+        opts.setdefault("seed", seed)
+    atk = build_attack(attack_name, threat, **opts)
+    eval_opts = {**opts, "steps": eval_steps} if iterative else dict(opts)
+    if attack_name.lower() in ("pgd", "noise"):
+        eval_opts["seed"] = seed + 1  # other random starts than the training examples had
+    eval_atk = build_attack(attack_name, threat, **eval_opts)
+    sizes = tuple(int(h) for h in hidden.split(",") if h.strip())
+    t0 = time.perf_counter()
+    det, metrics = detector_experiment(
+        model, (x_tr, y_tr), (x_te, y_te), atk, eval_attack=eval_atk, adaptive_steps=eval_steps if iterative else 20,
+        lam=lam, adaptive_loss=adaptive_loss, kappa=None if kappa < 0 else kappa,
+        det_margin=None if det_margin < 0 else det_margin, layer=layer, hidden=sizes, epochs=epochs, seed=seed,
+        target_fpr=fpr, batch_size=batch_size,
+    )
+    metrics.update({"run": str(run), "threat": threat.to_dict(), "seconds": round(time.perf_counter() - t0, 2)})
+    outp = Path(out)
+    det.save(outp, classifier_run=str(Path(run).resolve()), threat=threat.to_dict(), metrics=metrics)
+    atomic_write_json(outp / "metrics.json", metrics)
+    p, a = metrics["plain"], metrics["adaptive"]
+    click.echo(f"features {metrics['layer']} ({metrics['capture']}), {metrics['n_train']} training / {metrics['n']} test images; "
+               f"threshold at {fpr:.0%} FPR on clean test (actual {metrics['false_positive_rate']:.3f})")
+    click.echo(f"{'':10} {'success':>8} {'ROC AUC':>8} {'detect':>8} {'det|succ':>8} {'fool+evade':>10}")
+    for name, r in (("plain", p), ("adaptive", a)):
+        click.echo(f"{name:10} {r['success_rate']:8.4f} {r['roc_auc']:8.4f} {r['detection_rate']:8.4f} "
+                   f"{r['detection_rate_on_successful']:8.4f} {r['fool_and_evade']:10.4f}")
+    click.echo(f"written to {outp} ({metrics['seconds']:.0f}s)")
+
+
+# --- noisy-student ---------------------------------------------------------------------------
+@main.command("noisy-student")
+@click.option("--dataset", default="fashion-mnist", show_default=True)
+@click.option("--data-root", default=None)
+@click.option("--labelled", type=int, required=True, help="Labelled training images.")
+@click.option("--unlabelled", type=int, required=True, help="Unlabelled training images (labels dropped).")
+@click.option("--iterations", type=int, default=1, show_default=True, help="Student generations.")
+@click.option("--epochs", type=int, default=5, show_default=True, help="Epochs per model.")
+@click.option("--model", "model_name", default="small-cnn", show_default=True)
+@click.option("--teacher-option", multiple=True, help="Teacher model option KEY=VALUE (repeatable).")
+@click.option("--student-option", multiple=True, help="Student model option KEY=VALUE (overrides the teacher's).")
+@click.option("--hard-labels", is_flag=True, help="Argmax pseudo-labels instead of the teacher's probabilities.")
+@click.option("--temperature", type=float, default=1.0, show_default=True)
+@click.option("--min-confidence", type=float, default=0.0, show_default=True)
+@click.option("--noise-std", type=float, default=0.1, show_default=True, help="Gaussian input noise of the student.")
+@click.option("--max-shift", type=int, default=2, show_default=True, help="Random translation (pixels) of the student's inputs.")
+@click.option("--flip-prob", type=float, default=0.0, show_default=True)
+@click.option("--dropout", type=float, default=0.5, show_default=True, help="Student dropout (small-cnn, mlp).")
+@click.option("--stochastic-depth", type=float, default=0.2, show_default=True, help="Student stochastic depth (resnet18).")
+@click.option("--eps", type=float, default=0.1, show_default=True, help="PGD budget of the evaluation.")
+@click.option("--pgd-steps", type=int, default=20, show_default=True)
+@click.option("--eval-n", type=int, default=1000, show_default=True, help="Test images for the PGD evaluation.")
+@click.option("--test-limit", type=int, default=None, help="Use only the first N test images.")
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--device", default="auto", show_default=True)
+@click.option("--quiet", is_flag=True)
+def noisy_student_cmd(dataset, data_root, labelled, unlabelled, iterations, epochs, model_name, teacher_option,
+                      student_option, hard_labels, temperature, min_confidence, noise_std, max_shift, flip_prob, dropout,
+                      stochastic_depth, eps, pgd_steps, eval_n, test_limit, batch_size, lr, seed, out, device, quiet) -> None:
+    """Noisy Student self-training: teacher on --labelled images, noisy students on labelled +
+    pseudo-labelled --unlabelled images; clean and PGD accuracy of every generation."""
+    from .noisy_student import NoisyStudentConfig, run_noisy_student
+    from .training import TrainConfig
+
+    cfg = NoisyStudentConfig(
+        model=model_name, teacher_options=_parse_options(teacher_option), student_options=_parse_options(student_option),
+        iterations=iterations, soft_labels=not hard_labels, temperature=temperature, min_confidence=min_confidence,
+        noise_std=noise_std, max_shift=max_shift, flip_prob=flip_prob, student_dropout=dropout,
+        student_stochastic_depth=stochastic_depth, eval_eps=eps, eval_steps=pgd_steps, eval_n=eval_n,
+    )
+    tc = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=not quiet)
+    t0 = time.perf_counter()
+    result = run_noisy_student(dataset, labelled, unlabelled, cfg, tc, out_dir=out, data_root=data_root, device=device,
+                               test_limit=test_limit)
+    key = f"pgd{pgd_steps}_accuracy"
+    click.echo(f"{'model':10} {'params':>8} {'clean':>7} {('PGD-' + str(pgd_steps)):>7} {'train s':>8}")
+    for m in result.metrics:
+        click.echo(f"{m['role']:10} {m['parameters']:8d} {m['clean_accuracy']:7.4f} {m.get(key, float('nan')):7.4f} "
+                   f"{m['train_seconds']:8.1f}")
+    click.echo(f"written to {out} ({time.perf_counter() - t0:.0f}s)")
 
 
 if __name__ == "__main__":  # pragma: no cover

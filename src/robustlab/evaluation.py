@@ -81,20 +81,35 @@ def run_attack(
     progress: bool = False,
 ) -> AttackOutcome:
     """Run ``attack`` on the samples selected by ``only`` (default: all correctly classified),
-    in batches, and record per-sample robustness and perturbation sizes."""
+    in batches, and record per-sample robustness and perturbation sizes.
+
+    Under torch.distributed (``robustlab evaluate --nproc N``) the batches are dealt round-robin to
+    the ranks and the outcomes summed, so every batch holds the same samples, with the same seed,
+    as in one process: the per-sample results are identical to a single-process run."""
+    from .distributed import dist_info
+
+    rank, world = dist_info()
     n = len(x)
     pred = predict(model, x, batch_size)
     robust = pred == y
     sel = robust.clone() if only is None else (only & robust)
     idx = sel.nonzero().flatten()
+    broken = torch.zeros(n, device=x.device)
     norms = {k: torch.zeros(n, device=x.device) for k in ("l1", "l2", "linf")}
     t0 = time.perf_counter()
-    for i in tqdm(range(0, len(idx), batch_size), desc=attack.name, disable=not progress, leave=False):
+    starts = list(range(0, len(idx), batch_size))[rank::world]
+    for i in tqdm(starts, desc=attack.name, disable=not progress or rank != 0, leave=False):
         b = idx[i : i + batch_size]
         res = attack.run(model, x[b], y[b])
-        robust[b] = ~res.success
+        broken[b] = res.success.to(broken.dtype)
         for k, v in _norms(res.x_adv - x[b]).items():
             norms[k][b] = v
+    if world > 1:
+        import torch.distributed as dist
+
+        for t in (broken, *norms.values()):
+            dist.all_reduce(t)  # each sample was filled by exactly one rank, zeros elsewhere
+    robust &= broken == 0
     return AttackOutcome(attack.name, robust.cpu(), sel.cpu(), {k: v.cpu() for k, v in norms.items()}, time.perf_counter() - t0)
 
 
