@@ -67,4 +67,10 @@ def test_registry_errors_name_the_problem():
 
 def test_config_recorded_for_checkpoints():
     m = build_model("mlp", 5, 1, input_size=8, hidden=(16,))
-    assert m.robustlab_config == {"name": "mlp", "num_classes": 5, "in_channels": 1, "input_size": 8, "hidden": (16,)}
+    cfg = m.robustlab_config
+    assert {k: cfg[k] for k in ("name", "num_classes", "in_channels", "input_size", "hidden")} == {
+        "name": "mlp", "num_classes": 5, "in_channels": 1, "input_size": 8, "hidden": [16]}
+    # defaults are recorded too, so a later change of default cannot silently change a checkpoint
+    assert cfg["activation"] == "relu" and cfg["batchnorm"] is False and cfg["dropout"] == 0.0
+    rebuilt = build_model(**{**cfg, "name": "mlp"})
+    assert rebuilt.robustlab_config == cfg

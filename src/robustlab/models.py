@@ -55,6 +55,38 @@ def _maybe_norm(in_channels: int, mean: Sequence[float] | None, std: Sequence[fl
     return Normalize(mean, std)
 
 
+def _denoise_blocks(
+    denoise: str | None,
+    stages: Sequence[int] | None,
+    valid: Sequence[int],
+    embed: str,
+    conv: bool,
+    residual: bool,
+    options: dict[str, Any] | None,
+) -> dict[int, Callable[[int], nn.Module]]:
+    """Which stages get a :class:`~robustlab.denoise.DenoiseBlock` after them, and how to build
+    one for a given channel count (empty when ``denoise`` is None)."""
+    if denoise is None:
+        if stages is not None or options:
+            raise ValueError("denoise_stages / denoise_options need denoise=<op>")
+        return {}
+    from .denoise import DenoiseBlock
+
+    chosen = list(valid) if stages is None else [int(s) for s in stages]
+    bad = [s for s in chosen if s not in valid]
+    if bad or not chosen or len(set(chosen)) != len(chosen):
+        raise ValueError(f"denoise_stages must be distinct values from {list(valid)}, got {stages}")
+    extra = dict(options or {})
+    allowed = {"embed_channels", "padding", "sigma_spatial", "sigma_range"}
+    if set(extra) - allowed:
+        raise ValueError(f"unknown denoise_options {sorted(set(extra) - allowed)}; allowed: {', '.join(sorted(allowed))}")
+
+    def make(channels: int) -> nn.Module:
+        return DenoiseBlock(channels, op=denoise, embed=embed, use_conv=conv, residual=residual, **extra)
+
+    return {s: make for s in chosen}
+
+
 class SmallCNN(nn.Module):
     """The course's simple CNN: conv-pool, conv-pool, dense, dense.
 
@@ -74,10 +106,21 @@ class SmallCNN(nn.Module):
         dropout: float = 0.0,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        denoise: str | None = None,
+        denoise_stages: Sequence[int] | None = None,
+        denoise_embed: str = "gaussian",
+        denoise_conv: bool = True,
+        denoise_residual: bool = True,
+        denoise_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         c1, c2 = channels
         self.normalize = _maybe_norm(in_channels, mean, std)
+        # Feature denoising (Xie et al. 2019): a DenoiseBlock appended to conv block 1 and/or 2
+        # (denoise_stages; default both), after its pooling. Off by default; when off the
+        # state_dict keys are exactly those of the plain model.
+        denoisers = _denoise_blocks(denoise, denoise_stages, (1, 2), denoise_embed, denoise_conv,
+                                    denoise_residual, denoise_options)
 
         def block(cin: int, cout: int) -> nn.Sequential:
             layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=not batchnorm)]
@@ -86,7 +129,10 @@ class SmallCNN(nn.Module):
             layers += [make_activation(activation), nn.MaxPool2d(2)]
             return nn.Sequential(*layers)
 
-        self.features = nn.Sequential(block(in_channels, c1), block(c1, c2))
+        blocks = [block(in_channels, c1), block(c1, c2)]
+        for stage, make in denoisers.items():
+            blocks[stage - 1].append(make((c1, c2)[stage - 1]))
+        self.features = nn.Sequential(*blocks)
         side = input_size // 4
         if side < 1:
             raise ValueError(f"input_size {input_size} is too small for two 2x2 poolings")
@@ -139,8 +185,11 @@ class MLP(nn.Module):
 class BasicBlock(nn.Module):
     """ResNet basic block (two 3x3 convs, BatchNorm, identity or 1x1 shortcut)."""
 
-    def __init__(self, cin: int, cout: int, stride: int, activation: str) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, activation: str, drop_prob: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"stochastic depth drop probability must be in [0, 1), got {drop_prob}")
+        self.drop_prob = float(drop_prob)  # stochastic depth (train mode only); no parameters
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
@@ -154,6 +203,11 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
+        if self.training and self.drop_prob > 0:
+            # Stochastic depth (Huang et al. 2016), per sample: drop the residual branch with
+            # probability p, scale kept branches by 1/(1-p) so eval mode uses the branch as is.
+            keep = torch.rand(out.shape[0], 1, 1, 1, device=out.device, dtype=out.dtype) >= self.drop_prob
+            out = out * keep.to(out.dtype) / (1.0 - self.drop_prob)
         return self.act2(out + self.shortcut(x))
 
 
@@ -170,18 +224,38 @@ class ResNet18(nn.Module):
         activation: str = "relu",
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        denoise: str | None = None,
+        denoise_stages: Sequence[int] | None = None,
+        denoise_embed: str = "gaussian",
+        denoise_conv: bool = True,
+        denoise_residual: bool = True,
+        denoise_options: dict[str, Any] | None = None,
+        stochastic_depth: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= float(stochastic_depth) < 1.0:
+            raise ValueError(f"stochastic_depth must be in [0, 1), got {stochastic_depth}")
         self.normalize = _maybe_norm(in_channels, mean, std)
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), make_activation(activation)
         )
+        # Feature denoising: a DenoiseBlock appended to residual stage 1..4 (denoise_stages;
+        # default all four, as in Xie et al. 2019). Stochastic depth: the drop probability grows
+        # linearly over the 8 blocks up to ``stochastic_depth`` for the last one.
+        denoisers = _denoise_blocks(denoise, denoise_stages, (1, 2, 3, 4), denoise_embed, denoise_conv,
+                                    denoise_residual, denoise_options)
         stages: list[nn.Module] = []
         cin = width
+        n_blocks = 8
         for i, mult in enumerate((1, 2, 4, 8)):
             cout = width * mult
             stride = 1 if i == 0 else 2
-            stages.append(nn.Sequential(BasicBlock(cin, cout, stride, activation), BasicBlock(cout, cout, 1, activation)))
+            p1 = float(stochastic_depth) * (2 * i + 1) / n_blocks
+            p2 = float(stochastic_depth) * (2 * i + 2) / n_blocks
+            stage = nn.Sequential(BasicBlock(cin, cout, stride, activation, p1), BasicBlock(cout, cout, 1, activation, p2))
+            if i + 1 in denoisers:
+                stage.append(denoisers[i + 1](cout))
+            stages.append(stage)
             cin = cout
         self.stages = nn.Sequential(*stages)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
@@ -211,5 +285,10 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 1, **option
     if unknown:
         raise ValueError(f"unknown option(s) for {key}: {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}")
     model = cls(num_classes=int(num_classes), in_channels=int(in_channels), **options)
-    model.robustlab_config = {"name": key, "num_classes": int(num_classes), "in_channels": int(in_channels), **options}  # type: ignore[assignment]
+    # Record every constructor argument, defaults included, so a checkpoint rebuilds the same
+    # architecture even if a default changes in a later version.
+    bound = inspect.signature(cls.__init__).bind(None, num_classes=int(num_classes), in_channels=int(in_channels), **options)
+    bound.apply_defaults()
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in bound.arguments.items() if k != "self"}
+    model.robustlab_config = {"name": key, **config}  # type: ignore[assignment]
     return model
