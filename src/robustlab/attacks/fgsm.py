@@ -50,7 +50,7 @@ class FGSM(Attack):
         return self.threat.project(x + step, x)
 
 
-class FGV(Attack):
+class FGV(FGSM):
     """Fast gradient value (Rozsa et al. 2016): step along the raw gradient, rescaled per sample.
 
     Linf threat: ``x + eps * grad / max|grad|``, i.e. the gradient normalised by its own Linf
@@ -64,16 +64,6 @@ class FGV(Attack):
     """
 
     name = "fgv"
-
-    def __init__(
-        self,
-        threat: ThreatModel,
-        loss: str | LossFn = "ce",
-        *,
-        eval_mode: bool = True,
-        seed: int | None = None,
-    ) -> None:
-        super().__init__(threat, loss=loss, eval_mode=eval_mode, seed=seed)
 
     def _attack(
         self,
