@@ -452,3 +452,49 @@ def test_noise_has_full_size_and_is_seeded():
     l2 = Noise(ThreatModel("l2", 0.2, BIG), seed=5).run(model, x)
     torch.testing.assert_close(l2.distance, torch.full((6,), 0.2))
     assert not torch.equal(Noise(ThreatModel("linf", 0.2, BIG), seed=6)(model, x), a)
+
+
+def _count_forwarded(model: nn.Module) -> list[int]:
+    """Batch sizes of every forward pass through ``model`` (a hook on the top module)."""
+    sizes: list[int] = []
+    model.register_forward_hook(lambda _m, inp, _out: sizes.append(int(inp[0].shape[0])))
+    return sizes
+
+
+@pytest.mark.parametrize("steps", [1, 5])
+def test_pgd_cost_in_forward_passes(steps):
+    """The cost claims, counted: plain PGD called for examples only spends exactly k passes on
+    the batch (plus a one-sample probe for the class count); best-point tracking adds one scoring
+    pass; run() on plain PGD measures success with one pass on the returned points."""
+    n = 7
+    x, y = small_inputs(n=n, seed=3), torch.zeros(n, dtype=torch.long)
+    threat = ThreatModel("linf", 0.2, BIG)
+    cases = [
+        (lambda m: PGD(threat, steps=steps, track_best=False, seed=0)(m, x, y), [1] + [n] * steps),
+        (lambda m: PGD(threat, steps=steps, track_best=False, seed=0).run(m, x, y), [1] + [n] * (steps + 1)),
+        (lambda m: PGD(threat, steps=steps, seed=0)(m, x, y), [1] + [n] * (steps + 1)),
+        (lambda m: PGD(threat, steps=steps, seed=0).run(m, x, y), [1] + [n] * (steps + 1)),
+    ]
+    for call, expected in cases:
+        model = linear_model(9, 3, seed=1)
+        sizes = _count_forwarded(model)
+        call(model)
+        assert sizes == expected
+
+
+def test_plain_pgd_returns_the_final_iterate_and_call_equals_run():
+    """track_best=False is Madry's PGD: the last iterate, recomputed here step by step."""
+    model = linear_model(9, 3, seed=5)
+    x, y = small_inputs(n=6, seed=4), torch.tensor([0, 1, 2, 0, 1, 2])
+    threat = ThreatModel("linf", 0.3, BIG)
+    attack = PGD(threat, steps=4, rel_step_size=0.4, random_start=False, track_best=False)
+    xa = x.clone()
+    for _ in range(4):
+        xa.requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(model(xa), y, reduction="sum"), xa)
+        xa = torch.min(torch.max(xa.detach() + 0.12 * g.sign(), x - 0.3), x + 0.3)
+    out = attack(model, x, y)
+    torch.testing.assert_close(out, xa, rtol=0, atol=1e-12)
+    res = attack.run(model, x, y)
+    assert torch.equal(res.x_adv, out)
+    assert torch.equal(res.success, model(out).argmax(1) != y)

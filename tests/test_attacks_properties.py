@@ -35,6 +35,7 @@ ATTACKS = {
     "fgv": lambda t, seed: FGV(t, seed=seed),
     "pgd": lambda t, seed: PGD(t, steps=3, restarts=2, seed=seed),
     "pgd-es": lambda t, seed: PGD(t, steps=3, restarts=2, early_stop=True, seed=seed),
+    "pgd-plain": lambda t, seed: PGD(t, steps=3, restarts=2, track_best=False, seed=seed),
     "pgd-margin-l2step": lambda t, seed: PGD(t, steps=2, loss="margin", step_size=0.7, seed=seed),
     "mim": lambda t, seed: MIM(t, steps=3, random_start=True, seed=seed),
     "cw": lambda t, seed: CW(t, steps=4, binary_search_steps=2, seed=seed),

@@ -464,7 +464,9 @@ class AdaptiveDetectorAttack(PGD):
         with model_guard(self.detector.head):
             return super()._attack(model, x, y, target, generator)
 
-    def _run_once(self, model, x, y, target, start, idx, best) -> None:
+    def _run_once(self, model, x, y, target, start, idx, best, keep_final=None) -> None:
+        # Always scores its final iterate (success here includes evading the detector), so
+        # ``keep_final`` is not needed.
         def sub(t):
             return t if (t is None or idx is None) else t[idx]
 

@@ -123,13 +123,23 @@ class Attack(ABC):
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, target: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Adversarial examples for ``x``. With ``y=None`` the model's own predictions are used
-        as labels (no label leaking); with ``target`` the attack is targeted."""
-        return self.run(model, x, y, target=target).x_adv
+        as labels (no label leaking); with ``target`` the attack is targeted.
+
+        Only the examples are wanted here, so the forward pass that ``run`` spends on measuring
+        success is skipped; the examples are the same as ``run(...).x_adv``."""
+        return self._execute(model, x, y, target, measure=False)[0]
 
     def run(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, target: torch.Tensor | None = None
     ) -> AttackResult:
         """Like ``__call__`` but returns an :class:`AttackResult` with per-sample success and size."""
+        x_adv, success, distance, queries = self._execute(model, x, y, target, measure=True)
+        assert success is not None
+        return AttackResult(x_adv=x_adv, success=success, distance=distance, queries=queries)
+
+    def _execute(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, target: torch.Tensor | None, measure: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         check_images(x, self.threat)
@@ -159,16 +169,11 @@ class Attack(ABC):
                 else:
                     x_adv, queries = out, None
             projected = self.threat.project(x_adv.detach(), x0)
-            if success is None or not torch.equal(projected, x_adv):
+            if measure and (success is None or not torch.equal(projected, x_adv)):
                 with torch.no_grad():
                     success = is_adversarial(model(projected), y, target)
             x_adv = projected
-        return AttackResult(
-            x_adv=x_adv,
-            success=success,
-            distance=self.threat.distance(x_adv, x0),
-            queries=queries,
-        )
+        return x_adv, (success if measure else None), self.threat.distance(x_adv, x0), queries
 
     # --- for subclasses -------------------------------------------------------------------
     @abstractmethod

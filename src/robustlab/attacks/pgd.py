@@ -4,6 +4,9 @@ Each step is one forward+backward on the current iterate; the same pass tells wh
 already fools the model and how high its loss is, so the attack keeps, per sample, the best
 point it has *seen* (a successful point beats an unsuccessful one; among equals the higher loss
 wins) at no extra cost. One forward without backward per restart scores the final iterate.
+With ``track_best=False`` (plain Madry PGD, what adversarial training uses) the last restart's
+final iterate goes unscored and every sample not fooled by an earlier restart (with one restart:
+every sample) gets it, so ``attack(model, x, y)`` costs exactly k forward+backward passes.
 
 Without ``early_stop`` the step loop never synchronises with the host (no ``.item()``, no
 boolean indexing): every step is exactly one forward+backward on the whole batch. With
@@ -67,6 +70,9 @@ class PGD(Attack):
         loss: loss to ascend (see :mod:`.losses`). Targeted attacks: pass ``target=`` with
             ``"ce"`` (minimise CE(target)) or ``"ce-difference"`` (maximise CE(y) - CE(target)).
         early_stop: freeze samples as soon as they are adversarial and compute only on the rest.
+        track_best: return, per sample, the best point seen, scored by one extra forward pass of
+            the final iterate (default). False: plain PGD -- the final iterate, unscored (so the
+            step loop is the whole cost; ``run`` then measures success on the returned points).
         eval_mode, seed: see :class:`~robustlab.attacks.base.Attack`.
     """
 
@@ -85,8 +91,10 @@ class PGD(Attack):
         early_stop: bool = False,
         eval_mode: bool = True,
         seed: int | None = None,
+        track_best: bool = True,
     ) -> None:
         super().__init__(threat, loss=loss, eval_mode=eval_mode, seed=seed, early_stop=early_stop)
+        self.track_best = bool(track_best)
         self.steps = _check_int("steps", steps, 1)
         self.restarts = _check_int("restarts", restarts, 1)
         self.random_start = bool(random_start)
@@ -129,7 +137,7 @@ class PGD(Attack):
             "loss": torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device),
             "succ": torch.zeros(n, dtype=torch.bool, device=x.device),
         }
-        for _ in range(self.restarts):
+        for r in range(self.restarts):
             # Draw the start for the whole batch, so that early stop or not, the same seed gives
             # the same starts (and hence the same trajectories).
             start = self.threat.random_start(x, generator) if self.random_start else x.clone()
@@ -138,8 +146,12 @@ class PGD(Attack):
                 idx = (~best["succ"]).nonzero().squeeze(1)
                 if idx.numel() == 0:
                     break
-            self._run_once(model, x, y, target, start, idx, best)
-        return Crafted(best["x"], None, best["succ"])
+            # Plain PGD: the last restart leaves its final iterate unscored; samples fooled by an
+            # earlier restart keep that point, all others get the final iterate. Earlier
+            # restarts are scored, or a success could be lost to the next one.
+            unscored = not self.track_best and r == self.restarts - 1
+            self._run_once(model, x, y, target, start, idx, best, best["succ"].clone() if unscored else None)
+        return Crafted(best["x"], None, best["succ"] if self.track_best else None)
 
     def _run_once(
         self,
@@ -150,6 +162,7 @@ class PGD(Attack):
         start: torch.Tensor,
         idx: torch.Tensor | None,
         best: dict[str, torch.Tensor],
+        keep_final: torch.Tensor | None = None,
     ) -> None:
         def sub(t: torch.Tensor | None) -> torch.Tensor | None:
             return t if (t is None or idx is None) else t[idx]
@@ -157,8 +170,15 @@ class PGD(Attack):
         xs, ys, ts, xa = sub(x), sub(y), sub(target), sub(start)
         assert xs is not None and ys is not None and xa is not None
         state = self._init_state(xa)
+        # An unscored run without early stop returns its final iterate whatever it sees: no
+        # per-step bookkeeping at all, only the forward+backward and the projected step.
+        track = keep_final is None or self.early_stop
         for _ in range(self.steps):
             loss, grad, logits = self._loss_and_grad(model, xa, ys, ts)
+            if not track:
+                direction, state = self._direction(grad, state)
+                xa = self.threat.project(xa.add(direction, alpha=self.step_size), xs)
+                continue
             succ = is_adversarial(logits, ys, ts)
             self._keep_best(best, idx, xa, loss, succ)
             if self.early_stop:
@@ -173,6 +193,15 @@ class PGD(Attack):
                     state = None if state is None else state[keep]
             direction, state = self._direction(grad, state)
             xa = self.threat.project(xa.add(direction, alpha=self.step_size), xs)
+        if keep_final is not None:
+            # No scoring forward pass: samples marked in keep_final keep their best point, all
+            # others get the last iterate.
+            keep = keep_final if idx is None else keep_final[idx]
+            if idx is None:
+                torch.where(_per_sample(keep, xa), best["x"], xa, out=best["x"])
+            else:
+                best["x"][idx] = torch.where(_per_sample(keep, xa), best["x"][idx], xa)
+            return
         with torch.no_grad():
             logits = model(xa)
             loss = self.loss_fn(logits, ys, ts)

@@ -118,7 +118,8 @@ class PGDAT(_Adversarial):
                  random_start: bool = True, predicted_labels: bool = False, mixed: bool = False) -> None:
         super().__init__(eps, norm, steps=steps, rel_step_size=rel_step_size, random_start=random_start,
                          predicted_labels=predicted_labels, mixed=mixed)
-        self.attack = PGD(self.threat, steps=steps, rel_step_size=rel_step_size, random_start=random_start)
+        self.attack = PGD(self.threat, steps=steps, rel_step_size=rel_step_size, random_start=random_start,
+                         track_best=False)
         self.predicted_labels, self.mixed = predicted_labels, mixed
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
@@ -146,7 +147,9 @@ class Mix(_Adversarial):
         super().__init__(eps, norm, clean_fraction=clean_fraction, attack=attack, steps=steps, rel_step_size=rel_step_size)
         opts: dict[str, Any] = {}
         if attack in ("pgd", "mim"):
-            opts = {"steps": steps, "rel_step_size": rel_step_size} if attack == "pgd" else {"steps": steps}
+            # Plain PGD (the final iterate, no scoring pass) for pgd, as in the other objectives.
+            opts = ({"steps": steps, "rel_step_size": rel_step_size, "track_best": False} if attack == "pgd"
+                    else {"steps": steps})
         self.attack: Attack = build_attack(attack, self.threat, **opts)
         self.clean_fraction = clean_fraction
 
@@ -260,7 +263,8 @@ class TRADES(_Adversarial):
             return kl_per_sample(clean[: len(logits)], logits)
 
         # Start near x (the KL gradient is zero exactly at x).
-        return PGD(self.threat, steps=self.steps, rel_step_size=self.rel_step_size, random_start=True, loss=kl_loss)(model, x, y)
+        return PGD(self.threat, steps=self.steps, rel_step_size=self.rel_step_size, random_start=True, loss=kl_loss,
+                   track_best=False)(model, x, y)
 
     def loss_terms(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = model(torch.cat([x, x_adv]))
@@ -285,7 +289,7 @@ class ALP(_Adversarial):
         super().__init__(eps, norm, lam=lam, clean_weight=clean_weight, adv_weight=adv_weight, steps=steps,
                          rel_step_size=rel_step_size)
         self.lam, self.wc, self.wa = float(lam), float(clean_weight), float(adv_weight)
-        self.attack = PGD(self.threat, steps=steps, rel_step_size=rel_step_size)
+        self.attack = PGD(self.threat, steps=steps, rel_step_size=rel_step_size, track_best=False)
 
     def loss_terms(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = model(torch.cat([x, x_adv]))
