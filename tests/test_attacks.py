@@ -498,3 +498,53 @@ def test_plain_pgd_returns_the_final_iterate_and_call_equals_run():
     res = attack.run(model, x, y)
     assert torch.equal(res.x_adv, out)
     assert torch.equal(res.success, model(out).argmax(1) != y)
+
+
+class _ConvNet(nn.Module):
+    def __init__(self, use_view: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8 * 6 * 6, 4)
+        self.use_view = use_view
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.bn(torch.relu(self.conv2(torch.relu(self.conv1(x)))))
+        # .view needs a contiguous NCHW tensor: it fails on channels_last feature maps
+        return self.fc(h.view(h.shape[0], -1) if self.use_view else h.flatten(1))
+
+
+def test_channels_last_lever_leaves_the_model_and_layout_as_found():
+    model = _ConvNet().train()
+    before = {n: (p.data_ptr(), p.stride(), p.detach().clone()) for n, p in model.named_parameters()}
+    x = torch.rand(5, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(5) % 4
+    threat = ThreatModel("linf", 0.1)
+    fast = PGD(threat, steps=3, seed=0)  # auto: CPU, 4-D input, Conv2d -> channels_last
+    assert fast._wants_channels_last(model, x)
+    slow = PGD(threat, steps=3, seed=0)
+    slow.channels_last = False
+    a, b = fast(model, x, y), slow(model, x, y)
+    assert a.is_contiguous() and a.stride() == x.stride()
+    # Same trajectory up to float reassociation inside the convolutions.
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    for n, p in model.named_parameters():
+        ptr, stride, value = before[n]
+        assert (p.data_ptr(), p.stride()) == (ptr, stride) and torch.equal(p, value), n
+    assert model.training
+
+
+def test_channels_last_auto_falls_back_for_a_model_that_needs_nchw():
+    model = _ConvNet(use_view=True).eval()
+    x, y = torch.rand(4, 3, 6, 6), torch.arange(4)
+    threat = ThreatModel("linf", 0.1)
+    out = PGD(threat, steps=2, seed=0)(model, x, y)  # auto: falls back, no error
+    forced_off = PGD(threat, steps=2, seed=0)
+    forced_off.channels_last = False
+    assert torch.equal(out, forced_off(model, x, y))
+    forced_on = PGD(threat, steps=2, seed=0)
+    forced_on.channels_last = True
+    with pytest.raises(RuntimeError, match="view"):
+        forced_on(model, x, y)
+    assert all(p.is_contiguous() for p in model.parameters())

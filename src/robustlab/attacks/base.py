@@ -47,6 +47,29 @@ def model_guard(model: nn.Module, eval_mode: bool = True) -> Iterator[nn.Module]
             m.training = mode
 
 
+@contextlib.contextmanager
+def channels_last_weights(model: nn.Module) -> Iterator[nn.Module]:
+    """Run the body with the model's 4-D parameters (convolution kernels) in channels_last
+    memory layout -- on CPU oneDNN's convolutions are much faster that way -- then put the
+    very same tensors back (values, strides and storage exactly as found)."""
+    saved: list[tuple[nn.Parameter, torch.Tensor]] = []
+    try:
+        for p in model.parameters():
+            if p.dim() != 4:
+                continue
+            # Canonical channels_last strides even where a size-1 dimension makes the plain
+            # layout count as channels_last too (a 1-channel first kernel): oneDNN picks the
+            # layout of the whole network from the strides it sees.
+            cl = torch.empty_like(p.data, memory_format=torch.channels_last)
+            if cl.stride() != p.stride():
+                saved.append((p, p.data))
+                p.data = cl.copy_(p.data)
+        yield model
+    finally:
+        for p, data in saved:
+            p.data = data
+
+
 @dataclass
 class AttackResult:
     """What an attack produced, per sample.
@@ -95,6 +118,12 @@ class Attack(ABC):
 
     name: str = "attack"
     uses_gradients: bool = True
+    #: Memory layout the attack runs the model in: ``None`` (auto: channels_last for image
+    #: batches on CPU through a model with 2-D convolutions, about 1.4-1.6x faster per
+    #: forward+backward with oneDNN; a model that cannot run that way, e.g. one that calls
+    #: ``.view`` on feature maps, falls back to the default layout), ``True`` or ``False``.
+    #: The returned examples keep the input's layout either way; the model is left as found.
+    channels_last: bool | None = None
 
     def __init__(
         self,
@@ -145,11 +174,25 @@ class Attack(ABC):
         check_images(x, self.threat)
         check_same_device(model, x=x, y=y, target=target)
         x0 = x.detach().clone()
-        with model_guard(model, self.eval_mode):
+        with model_guard(model, self.eval_mode), contextlib.ExitStack() as layout:
+            use_cl = self._wants_channels_last(model, x0)
+            xw = x0
+            if use_cl:
+                layout.enter_context(channels_last_weights(model))
+                xw = x0.contiguous(memory_format=torch.channels_last)
             with torch.no_grad():
                 # With labels given, one sample suffices to learn the number of classes.
-                probe = x0 if y is None else x0[:1]
-                logits = check_logits(model(probe), probe.shape[0])
+                try:
+                    probe = xw if y is None else xw[:1]
+                    out = model(probe)
+                except RuntimeError:
+                    if not use_cl or self.channels_last:
+                        raise
+                    layout.close()  # auto mode: this model needs the default layout
+                    use_cl, xw = False, x0
+                    probe = xw if y is None else xw[:1]
+                    out = model(probe)
+                logits = check_logits(out, probe.shape[0])
             num_classes = logits.shape[1]
             if y is None:
                 y = logits.argmax(1)
@@ -161,7 +204,7 @@ class Attack(ABC):
             if self.threat.eps == 0:
                 x_adv, queries = x0.clone(), None
             else:
-                out = self._attack(model, x0, y, target, generator)
+                out = self._attack(model, xw, y, target, generator)
                 if isinstance(out, Crafted):
                     x_adv, queries, success = out
                 elif isinstance(out, tuple):
@@ -172,8 +215,17 @@ class Attack(ABC):
             if measure and (success is None or not torch.equal(projected, x_adv)):
                 with torch.no_grad():
                     success = is_adversarial(model(projected), y, target)
-            x_adv = projected
+            x_adv = projected.contiguous(memory_format=torch.contiguous_format) if use_cl else projected
         return x_adv, (success if measure else None), self.threat.distance(x_adv, x0), queries
+
+    def _wants_channels_last(self, model: nn.Module, x: torch.Tensor) -> bool:
+        if self.channels_last is not None:
+            return bool(self.channels_last) and x.dim() == 4
+        return (
+            x.dim() == 4
+            and x.device.type == "cpu"
+            and any(isinstance(m, nn.Conv2d) for m in model.modules())
+        )
 
     # --- for subclasses -------------------------------------------------------------------
     @abstractmethod
