@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.robustlab-installed
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 
-.PHONY: demo test test-slow test-all bench setup data clean
+.PHONY: demo test test-slow test-all bench bench-peers setup data clean
 
 setup: $(STAMP) data
 
@@ -33,6 +33,17 @@ test-all: setup
 
 bench: setup
 	$(PY) benchmarks/pgd_floor.py
+
+# The peers without their dependency on torchvision (it would replace the CPU torch wheel with a
+# CUDA build and does not import beside it); torchattacks does not need it for its attacks.
+PEERS_STAMP := $(VENV)/.peers-installed
+$(PEERS_STAMP): $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps torchattacks==3.5.1 foolbox==3.3.4 adversarial-robustness-toolbox==1.20.1
+	$(PY) -m pip install -q --disable-pip-version-check eagerpy GitPython requests scipy six scikit-learn tqdm typing-extensions
+	touch $(PEERS_STAMP)
+
+bench-peers: setup $(PEERS_STAMP)
+	$(PY) benchmarks/peers.py --readme README.md --markdown benchmarks/peers-results.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache build src/*.egg-info

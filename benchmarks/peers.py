@@ -925,6 +925,19 @@ def training_table(name: str, tr: dict) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------
+def update_readme(path: Path, body: str) -> None:
+    """Swap the text between the peers markers of ``path`` for ``body`` (atomically)."""
+    begin, end = "<!-- peers:begin -->", "<!-- peers:end -->"
+    text = path.read_text()
+    if begin not in text or end not in text:
+        raise SystemExit(f"{path} has no {begin} ... {end} markers")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(f"{head}{begin}\n{body}\n{end}{tail}")
+    os.replace(tmp, path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small batches and short training (< 2 min)")
@@ -933,6 +946,9 @@ def main() -> None:
     ap.add_argument("--resnet-width", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--markdown", default=None, help="write the results tables to this file")
+    ap.add_argument("--readme", default=None,
+                    help="replace the part of this file between <!-- peers:begin --> and <!-- peers:end --> "
+                         "with the machine facts, the verdicts against the targets and the training table")
     ap.add_argument("--json", default=None, help="write raw timings to this file")
     ap.add_argument("--checkpoint", default=None, help="a small-cnn run to load instead of training one")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
@@ -1032,6 +1048,14 @@ def main() -> None:
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")
+    if args.readme and not args.levers:
+        short = machine_info(torch.get_num_threads(), peers)
+        short += [f"- command: `python benchmarks/peers.py {' '.join(sys.argv[1:])}`; {args.repeats} repeats, "
+                  f"median reported; full tables: `--markdown FILE`", ""]
+        short += summary_table(all_res, SPECS)
+        for title, tr in trains.items():
+            short += training_table(title, tr)
+        update_readme(Path(args.readme), "\n".join(short))
     if args.json:
         raw = {t: {"floor_unit": r["floor_unit"], "cells": {f"{k[0]}|{k[1]}": vars(c) for k, c in r["cells"].items()}}
                for t, r in all_res.items()}
