@@ -74,6 +74,8 @@ def test_attack_saves_examples_and_summary(digits_run, tmp_path):
         (["train", "--dataset", "mnist", "--out", "{tmp}/x"], "root"),
         (["evaluate", "{tmp}"], "not found"),
         (["evaluate", "{run}", "--eps", "-1", "--attacks", "pgd"], "eps must be"),
+        (["evaluate", "{run}", "--eps", "0.1,-1", "--attacks", "pgd"], "eps must be"),  # before any work
+        (["train", "--dataset", "digits", "--monitor-eps", "0", "--out", "{tmp}/x"], "--monitor-eps must be > 0"),
         (["evaluate", "{run}", "--attacks", "fgsmm"], "unknown attack"),
         (["evaluate", "{run}", "--norm", "l3", "--attacks", "pgd"], "unknown norm"),
         (["attack", "{run}", "--target", "12", "--out", "{tmp}/a", "--n", "5"], "--target 12"),
@@ -93,3 +95,14 @@ def test_bad_input_exits_2_with_one_line(args, message, digits_run, tmp_path):
 def test_version_and_module_entry_point():
     r = cli("--version")
     assert r.returncode == 0 and "robustlab" in r.stdout
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    """--resume continues with the saved settings: a changed one is an error, not ignored."""
+    from click.testing import CliRunner
+
+    from robustlab.cli import main
+
+    res = CliRunner().invoke(main, ["train", "--resume", str(tmp_path), "--epochs", "20", "--model", "mlp"])
+    assert res.exit_code == 2
+    assert "--model, --epochs cannot be changed" in res.output

@@ -17,15 +17,41 @@ import click
 from . import __version__
 
 
+def _one_line_error(e: BaseException) -> None:
+    """Print ``e`` as one line on stderr (no usage block, no traceback) and exit with code 2."""
+    if isinstance(e, click.UsageError):
+        msg = e.format_message()
+        if e.ctx is not None:
+            msg += f" (see '{e.ctx.command_path} -h')"
+    elif isinstance(e, OSError) and e.strerror:
+        msg = f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    else:
+        msg = str(e)
+    click.echo("error: " + " ".join(msg.split()), err=True)
+    sys.exit(2)
+
+
 class _Group(click.Group):
-    """Turns ValueError (our 'bad input' signal) into one line on stderr and exit code 2."""
+    """Bad input ends as one line on stderr and exit code 2: ValueError (our 'bad input' signal),
+    click's own usage errors, OSError (a missing, unwritable or full output location) and
+    FloatingPointError (a diverged run, e.g. from a learning rate far too high)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # bare `robustlab`: the help text, as click shows it
+                raise
+            _one_line_error(e)
+            raise  # not reached
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (ValueError, FileNotFoundError) as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
+        except BrokenPipeError:
+            raise  # output piped into `head` and the like: click's own handling
+        except (click.UsageError, ValueError, OSError, FloatingPointError) as e:
+            _one_line_error(e)
 
 
 def _parse_floats(text: str, what: str) -> list[float]:
@@ -78,9 +104,9 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     """KEY=VALUE pairs; values parsed as JSON when possible (numbers, true/false, lists)."""
     out: dict[str, Any] = {}
     for p in pairs:
-        if "=" not in p:
+        k, eq, v = p.partition("=")
+        if not eq or not k.strip():
             raise ValueError(f"option {p!r} must look like KEY=VALUE")
-        k, v = p.split("=", 1)
         try:
             out[k.strip().replace("-", "_")] = json.loads(v)
         except json.JSONDecodeError:
@@ -145,6 +171,16 @@ def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, mod
     run = out or run_arg
     if run is None:
         raise ValueError("give the run directory: --out RUN (or RUN with --resume)")
+    if resume:
+        # A resumed run continues with its saved settings; silently ignoring a changed one
+        # (say --epochs 20) would hand back something the user did not ask for.
+        ctx = click.get_current_context()
+        keep = {"run_arg", "out", "resume", "device", "quiet", "nproc"}
+        given = [p.opts[0] for p in ctx.command.params if p.name not in keep and p.name is not None
+                 and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise ValueError(f"--resume continues RUN with the settings it was started with; "
+                             f"{', '.join(given)} cannot be changed (start a new run with --out)")
     if out and run_arg and Path(out) != Path(run_arg):
         raise ValueError(f"two run directories given: {run_arg} and --out {out}")
     model_options = _parse_options(model_option)
@@ -161,7 +197,10 @@ def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, mod
         defense_options["norm"] = norm
     monitor = None
     if monitor_attack and monitor_attack.lower() != "none":
-        monitor = {"attack": monitor_attack, "eps": monitor_eps or eps or 0.1, "norm": norm or "linf"}
+        if monitor_eps == 0:  # negative, nan and inf are refused by the threat model itself
+            raise ValueError("--monitor-eps must be > 0, got 0 (--monitor-attack none turns the monitor off)")
+        budget = monitor_eps if monitor_eps is not None else (eps if eps else 0.1)
+        monitor = {"attack": monitor_attack, "eps": budget, "norm": norm or "linf"}
         if monitor_attack == "pgd":
             monitor.update(steps=20, rel_step_size=0.1, seed=0)
     spec = RunSpec(
@@ -198,8 +237,8 @@ def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, mod
 @click.option("--steps", type=int, default=None, help="Iterations (iterative attacks).")
 @click.option("--target", type=int, default=None, help="Targeted: move every input toward class K.")
 @click.option("--attack-option", "attack_option", multiple=True, help="Attack option KEY=VALUE (repeatable).")
-@click.option("--n", type=int, default=1000, show_default=True, help="Test images to attack.")
-@click.option("--batch-size", type=int, default=500, show_default=True)
+@click.option("--n", type=click.IntRange(min=1), default=1000, show_default=True, help="Test images to attack.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--device", default="auto", show_default=True)
 def attack(run, attack_name, norm, eps, steps, target, attack_option, n, batch_size, out, device) -> None:
@@ -262,8 +301,8 @@ def attack(run, attack_name, norm, eps, steps, target, attack_option, n, batch_s
               help="Budget, or a comma-separated list for a curve (the first value is the headline).")
 @click.option("--norm", default="linf", show_default=True)
 @click.option("--steps", type=int, default=None, help="Iterations for the iterative attacks in --attacks.")
-@click.option("--n", type=int, default=None, help="Test images (default: all).")
-@click.option("--batch-size", type=int, default=500, show_default=True)
+@click.option("--n", type=click.IntRange(min=1), default=None, help="Test images (default: all).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--surrogate", default=None, type=click.Path(exists=True, file_okay=False),
               help="Run whose model crafts the 'transfer' attack's examples.")
@@ -310,9 +349,9 @@ def _evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as
         raise ValueError("give --attacks or --suite, not both")
     if attack_names or suite:
         eps_values = _parse_floats(eps_text, "--eps")
+        threats = [ThreatModel(norm, eps) for eps in eps_values]  # every budget checked before any work
         curve = []
-        for eps in eps_values:
-            threat = ThreatModel(norm, eps)
+        for eps, threat in zip(eps_values, threats):
             if suite:
                 attacks: Any = suite
             else:

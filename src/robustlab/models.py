@@ -267,6 +267,34 @@ class ResNet18(nn.Module):
 MODELS: dict[str, type[nn.Module]] = {"small-cnn": SmallCNN, "mlp": MLP, "resnet18": ResNet18}
 
 
+# Layer sizes: "int" (one positive integer), "ints" (a list of them), or N (a list of exactly N).
+_SIZE_OPTIONS: dict[str, dict[str, Any]] = {
+    "small-cnn": {"input_size": "int", "channels": 2, "hidden": "int"},
+    "mlp": {"input_size": "int", "hidden": "ints"},
+    "resnet18": {"input_size": "int", "width": "int"},
+}
+
+
+def _check_sizes(key: str, options: dict[str, Any]) -> None:
+    """Layer sizes must be positive integers (a float, null, 0 or -1 would fail deep in torch)."""
+
+    def positive_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    for opt, kind in _SIZE_OPTIONS.get(key, {}).items():
+        if opt not in options:
+            continue
+        v = options[opt]
+        if kind == "int":
+            ok, want = positive_int(v), "a positive integer"
+        else:
+            ok = isinstance(v, (list, tuple)) and all(positive_int(s) for s in v)
+            ok = ok and (kind == "ints" or len(v) == kind)
+            want = "a list of positive integers" if kind == "ints" else f"a list of {kind} positive integers"
+        if not ok:
+            raise ValueError(f"{key} option {opt} must be {want}, got {v!r}")
+
+
 def build_model(name: str, num_classes: int = 10, in_channels: int = 1, **options: Any) -> nn.Module:
     """Build a registered model by name. Options are passed to its constructor; unknown options
     are an error (a typo must not silently give a different model)."""
@@ -284,7 +312,12 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 1, **option
     unknown = set(options) - allowed
     if unknown:
         raise ValueError(f"unknown option(s) for {key}: {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}")
-    model = cls(num_classes=int(num_classes), in_channels=int(in_channels), **options)
+    _check_sizes(key, options)
+    try:
+        model = cls(num_classes=int(num_classes), in_channels=int(in_channels), **options)
+    except (TypeError, RuntimeError) as e:  # a value of the wrong type that torch rejects deep inside
+        given = ", ".join(f"{k}={v!r}" for k, v in options.items())
+        raise ValueError(f"cannot build {key} with {given}: {e}") from None
     # Record every constructor argument, defaults included, so a checkpoint rebuilds the same
     # architecture even if a default changes in a later version.
     bound = inspect.signature(cls.__init__).bind(None, num_classes=int(num_classes), in_channels=int(in_channels), **options)

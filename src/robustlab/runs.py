@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import atomic_write_json
+from .checkpoint import atomic_write_json, ensure_writable_dir
 from .training.loop import STATE_FILE, TrainConfig, sharded_accuracy, train, write_metrics
 
 CONFIG_FILE = "config.json"
@@ -116,10 +116,12 @@ def train_run(spec: RunSpec, run_dir: str | Path, config: TrainConfig, device: s
     c, h, _w = info.shape
     torch.manual_seed(config.seed)
     opts = dict(spec.model_options)
+    if spec.model != "resnet18" and opts.get("input_size", h) != h:  # resnet18 pools globally
+        raise ValueError(f"model option input_size={opts['input_size']!r} does not match the {info.name} images ({h}x{_w})")
     opts.setdefault("input_size", h)
     model = build_model(spec.model, info.num_classes, c, **opts).to(dev)
     monitor = build_monitor(spec)
-    run.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(run)  # a read-only or unwritable --out fails here, before any training
     if not resume and rank == 0:
         atomic_write_json(run / CONFIG_FILE, {"spec": spec.to_dict(), "training": config.to_dict()})
     metadata = {"dataset": info.to_dict(), "spec": spec.to_dict()}

@@ -24,7 +24,14 @@ from tqdm.auto import tqdm
 
 from ..distributed import average_buffers, dist_info, sum_across_ranks, unwrap
 from ..attacks.base import model_guard
-from ..checkpoint import atomic_write_json, atomic_write_text, load_state, save_model, save_state
+from ..checkpoint import (
+    atomic_write_json,
+    atomic_write_text,
+    load_state,
+    remove_stale_temp_files,
+    save_model,
+    save_state,
+)
 from .objectives import Objective
 
 STATE_FILE = "train_state.safetensors"
@@ -57,6 +64,12 @@ class TrainConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if not (self.momentum >= 0 and math.isfinite(self.momentum)):
+            raise ValueError(f"momentum must be a finite number >= 0, got {self.momentum}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if self.monitor_n < 1:
+            raise ValueError(f"monitor_n must be >= 1 (the monitor attack's test images), got {self.monitor_n}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
@@ -179,6 +192,8 @@ def train(
     start_epoch, start_batch = 0, 0
     resumed_logs: dict[str, torch.Tensor] = {}
 
+    if run is not None and run.is_dir() and rank == 0:
+        remove_stale_temp_files(run)  # left by a kill in the middle of an atomic write
     if resume:
         if run is None or not (run / STATE_FILE).is_file():
             raise ValueError(f"nothing to resume: no {STATE_FILE} in {run}")
@@ -249,10 +264,15 @@ def _train_epoch(model, objective, opt, sched, x_train, y_train, config: TrainCo
         xb, yb = x_train[idx], y_train[idx]
         loss, logs = objective(model, xb, yb)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {float(loss)} at epoch {epoch + 1}, batch {b}; lower the learning rate")
+            raise FloatingPointError(f"training loss became {float(loss.detach())} at epoch {epoch + 1}, batch {b}; lower the learning rate")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        try:
+            opt.step()
+        except RuntimeError as e:  # e.g. Adam's lr / (1 - beta1) beyond float32 for an absurd --lr
+            if "overflow" not in str(e):
+                raise
+            raise FloatingPointError(f"the optimiser step overflowed at epoch {epoch + 1}, batch {b} ({e}); lower the learning rate") from None
         if sched is not None:
             sched.step()
         for k, v in logs.items():
