@@ -242,6 +242,24 @@ def test_demo_style_metrics_are_summarised(tmp_path):
     assert row["robust_accuracy"] == 0.05 and row["per_attack"]["pgd"] == 0.06 and row["eps"] == 0.1
 
 
+def test_summary_names_the_attacked_subset_and_how_attacks_were_counted(tmp_path):
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    _write_json(sub / "metrics.json", {"clean_accuracy": 0.858, "test_samples": 10000, "robust_accuracy": 0.703,
+                                       "per_attack": {"pgd": 0.73}, "eps": 0.1, "norm": "linf",
+                                       "evaluation": {"n": 1000, "clean_accuracy": 0.867, "per_attack_mode": "independent"}})
+    full = tmp_path / "full"
+    full.mkdir()
+    _write_json(full / "metrics.json", {"clean_accuracy": 0.9, "test_samples": 500, "robust_accuracy": 0.1,
+                                        "per_attack": {"pgd": 0.2}, "eps": 0.1, "norm": "linf",
+                                        "evaluation": {"n": 500, "clean_accuracy": 0.9, "per_attack_mode": "cumulative"}})
+    doc = R.build_report([sub, full], tmp_path / "out").read_text()
+    summary = doc.split("<h2>Summary</h2>")[1].split("</p>")[0]
+    assert "n=10000" in summary and "n=1000<br>clean 86.7%" in summary  # a subset names its own clean accuracy
+    assert "n=500</small>" in summary  # the full test set: no second clean number
+    assert "sub: each attack on its own" in summary and "full: cumulative" in summary
+
+
 def test_build_report_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="at least one"):
         R.build_report([], tmp_path / "o")

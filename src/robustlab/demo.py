@@ -21,6 +21,9 @@ from .training.loop import STATE_FILE
 
 EPS = 0.1
 N_EVAL = 1000
+CURVE_EPS = (0.02, 0.05, 0.1, 0.15, 0.2)  # robust accuracy vs eps (APGD-CE, 10 steps)
+CURVE_STEPS = (5, 10, 20, 50)  # robust accuracy vs attack iterations (APGD-CE at EPS)
+CHECKS_SCALE = 0.25  # the gradient-masking checks at a quarter of their default steps/queries
 
 
 def _finished(run: Path, epochs: int) -> bool:
@@ -80,15 +83,27 @@ def run_demo(out: Path, epochs: int = 8, robust_epochs: int = 5, device: str = "
                TrainConfig(epochs=robust_epochs, batch_size=128, lr=3e-3, schedule="onecycle", seed=0, progress=progress),
                device, "[2/5] fast adversarial training (Wong et al. 2020)")
 
-    click.echo(f"[3/5] attacking {N_EVAL} test images at Linf eps={EPS} (each attack on its own; worst case per sample)")
+    click.echo(f"[3/5] attacking {N_EVAL} test images at Linf eps={EPS} (each attack on its own; worst case per "
+               "sample), then accuracy vs eps and vs iterations, and the gradient-masking checks")
+    from .checks import format_checks, run_checks
+    from .curves import eps_curve, iterations_curve
+
     table: dict[str, dict[str, float]] = {}
     for name, run in runs.items():
         model = load_model(run, map_location=dev)
         x, y, _ = load_run_data(run, "test", dev, limit=N_EVAL)
-        res = evaluate(model, x, y, threat, demo_attacks(threat), cascade=False, progress=progress)
+        attacks = demo_attacks(threat)
+        res = evaluate(model, x, y, threat, attacks, cascade=False, progress=progress)
         table[name] = {"clean": res.clean_accuracy, **res.per_attack, "worst case": res.robust_accuracy}
+        by_eps = eps_curve(model, x, y, threat, CURVE_EPS, attacks="quick", scale=0.5)
+        by_steps = iterations_curve(model, x, y, threat, CURVE_STEPS, attack="apgd")
+        gradient_attacks = [n for n, a in zip(res.per_attack, attacks) if getattr(a, "uses_gradients", True)]
+        checks = run_checks(model, x, y, threat, result=res, scale=CHECKS_SCALE, eps_curve=by_eps,
+                            whitebox_names=gradient_attacks)
+        click.echo(f"      {name}: " + format_checks(checks).splitlines()[0])
         write_metrics(run, {"robust_accuracy": res.robust_accuracy, "per_attack": res.per_attack, "eps": EPS,
-                            "norm": "linf", "evaluation": res.to_dict(per_sample=False)})
+                            "norm": "linf", "evaluation": res.to_dict(per_sample=False), "eps_curve": by_eps,
+                            "iterations_curve": by_steps, "checks": checks})
     rows = list(next(iter(table.values())))
     click.echo(f"      {'':<12}" + "".join(f"{n:>12}" for n in table))
     for r in rows:

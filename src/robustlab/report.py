@@ -228,6 +228,11 @@ def run_summary(run: RunData) -> dict[str, Any]:
         "train_seconds": train_s,
         "evaluate_seconds": _num(run.metrics.get("evaluate_seconds")),
         "test_samples": run.metrics.get("test_samples"),
+        "per_attack_mode": (ev.get("details") or {}).get("per_attack_mode"),
+        # the attacked subset, which may be smaller than the clean-accuracy test set
+        "robust_n": (ev.get("details") or {}).get("n", run.metrics.get("evaluated_samples")),
+        "robust_clean_accuracy": _num((ev.get("details") or {}).get(
+            "clean_accuracy", run.metrics.get("evaluation_clean_accuracy"))),
     }
 
 
@@ -637,6 +642,27 @@ class _Page:
         return _img_tag(path, alt)
 
 
+def _n_note(n: Any, clean: float | None = None) -> str:
+    """'n=1000' under an accuracy (and the clean accuracy on that subset when it differs)."""
+    if not isinstance(n, int) or isinstance(n, bool):
+        return ""
+    extra = f"<br>clean {_e(_pct(clean))}" if clean is not None else ""
+    return f"<br><small>n={n}{extra}</small>"
+
+
+def _modes(rows: list[dict[str, Any]]) -> str:
+    """How each run's per-attack numbers were measured: each attack on its own, or cumulative
+    (a cascade: each attack only on the samples still robust after the ones before it)."""
+    text = {"independent": "each attack on its own", "cumulative": "cumulative (each attack only on samples still robust)"}
+    groups: dict[str, list[str]] = {}
+    for r in rows:
+        if r["per_attack"]:
+            groups.setdefault(text.get(r.get("per_attack_mode") or "", "as recorded by robustlab evaluate"), []).append(str(r["title"]))
+    if len(groups) == 1:
+        return next(iter(groups))
+    return "; ".join(f"{', '.join(t)}: {m}" for m, t in groups.items()) or "none recorded"
+
+
 def _summary_section(rows: list[dict[str, Any]]) -> str:
     attacks: list[str] = []
     for r in rows:
@@ -656,13 +682,16 @@ def _summary_section(rows: list[dict[str, Any]]) -> str:
         body.append([
             (f"<b>{_e(r['title'])}</b>", False), (_e(r["dataset"] or "—"), False), (_e(r["model"] or "—"), False),
             (_e(r["defense"] or "—"), False), (_e(r["epochs"] if r["epochs"] is not None else "—"), True),
-            (_e(_pct(r["clean_accuracy"])), True), (f"<b>{_e(_pct(r['robust_accuracy']))}</b>", True),
+            (_e(_pct(r["clean_accuracy"])) + _n_note(r.get("test_samples")), True),
+            (f"<b>{_e(_pct(r['robust_accuracy']))}</b>" + _n_note(r.get("robust_n"), r.get("robust_clean_accuracy")
+                                                                 if r.get("robust_n") != r.get("test_samples") else None), True),
             *[(_e(_pct(r["per_attack"].get(a))), True) for a in attacks],
             (_e(eps), True),
             (_e(_pct(r["monitor_adv_accuracy"])) + (f'<br><small>{_e(r["monitor"])}</small>' if r["monitor"] and r["monitor_adv_accuracy"] is not None else ""), True), (_e(", ".join(wall) or "—"), False),
         ])
-    note = ('<p class="note">Robust accuracy is the per-sample worst case over all attacks at the given eps; '
-            "per-attack columns come from <code>robustlab evaluate</code> (cumulative in a cascade). "
+    note = ('<p class="note">Robust accuracy is the per-sample worst case over all attacks at the given eps, '
+            "on the n test images attacked (with the clean accuracy on those same images when they are a subset); "
+            f"per-attack columns: {_e(_modes(rows))}. "
             "Monitor adv acc is the attack measured during training on a test subset.</p>")
     if not any(r["robust_accuracy"] is not None for r in rows):
         note += _missing("No attack evaluation in any metrics.json (run robustlab evaluate RUN --attacks fgsm,pgd).")
