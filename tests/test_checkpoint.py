@@ -1,10 +1,14 @@
 import json
 import os
 import pickle
+import platform
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 
+import robustlab
 from robustlab import checkpoint
 from robustlab.checkpoint import CheckpointError, load_model, load_state, save_model, save_state
 from robustlab.models import build_model
@@ -23,7 +27,12 @@ def test_round_trip_is_bit_identical(tmp_path):
     assert (tmp_path / "run" / "model.safetensors").is_file()
     meta = json.loads((tmp_path / "run" / "model.json").read_text())
     assert meta["architecture"]["name"] == "small-cnn" and meta["dataset"] == "fashion-mnist"
-    assert meta["environment"]["torch"] == torch.__version__
+    env = meta["environment"]
+    assert env["torch"] == torch.__version__ and env["robustlab"] == robustlab.__version__
+    assert env["python"] == platform.python_version()
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(checkpoint.__file__).parent, capture_output=True, text=True)
+    if git.returncode == 0:  # a source checkout records its commit
+        assert env["git_commit"] == git.stdout.strip()
     loaded = load_model(tmp_path / "run")
     a, b = m.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys()
@@ -60,6 +69,27 @@ def test_pickle_is_refused_and_never_runs(tmp_path):
     with pytest.raises(CheckpointError, match="safetensors only"):
         load_model(tmp_path / "evil.pt")
     assert not _Boom.marker.exists()
+
+
+def test_pt_state_dicts_only_behind_the_opt_in_and_only_with_weights_only(tmp_path):
+    _Boom.marker = tmp_path / "pwned"
+    m = _model()
+    save_model(m, tmp_path / "w.safetensors")  # w.json: the architecture the .pt must match
+    torch.save(m.state_dict(), tmp_path / "w.pt")
+    with pytest.raises(CheckpointError, match="safetensors only"):
+        load_model(tmp_path / "w.pt")  # no opt-in: refused
+    loaded = load_model(tmp_path / "w.pt", allow_pickle=True)
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), loaded.state_dict().values()))
+    # with the opt-in, a malicious pickle is still never run: torch.load(weights_only=True) refuses it
+    with open(tmp_path / "w.pt", "wb") as f:
+        pickle.dump({"w": _Boom()}, f)
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        load_model(tmp_path / "w.pt", allow_pickle=True)
+    assert not _Boom.marker.exists()
+    # a pickled full model (not a flat state dict of tensors) is refused too
+    torch.save({"model": {"nested": torch.zeros(1)}}, tmp_path / "w.pt")
+    with pytest.raises(CheckpointError, match="flat state dict"):
+        load_model(tmp_path / "w.pt", allow_pickle=True)
 
 
 def test_mismatched_or_malformed_files_are_rejected(tmp_path):
@@ -130,3 +160,18 @@ def test_training_state_round_trip(tmp_path):
     sched2 = torch.optim.lr_scheduler.OneCycleLR(opt2, max_lr=0.01, total_steps=10)
     sched2.load_state_dict(back["scheduler"])
     assert sched2.state_dict() == sched.state_dict()
+
+
+def test_stale_temp_files_are_removed_and_committed_files_kept(tmp_path):
+    from robustlab.checkpoint import atomic_write_json, remove_stale_temp_files
+
+    atomic_write_json(tmp_path / "metrics.json", {"a": 1})
+    stale = [tmp_path / ".metrics.json.k2j3.tmp", tmp_path / ".tmpab12cd"]  # ours, safetensors' writer
+    for p in stale:
+        p.write_bytes(b"half a file")
+    keep = [tmp_path / "metrics.json", tmp_path / ".hidden", tmp_path / "notes.tmp"]  # not temp files of a write
+    for p in keep[1:]:
+        p.write_text("user file")
+    assert sorted(remove_stale_temp_files(tmp_path)) == sorted(stale)
+    assert all(not p.exists() for p in stale) and all(p.exists() for p in keep)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"a": 1}

@@ -50,6 +50,29 @@ def test_evaluate_json_and_attacks(digits_run):
     assert m["robust_accuracy"] <= min(m["per_attack"].values())
 
 
+def test_evaluate_iterations_curve_and_corruptions(digits_run):
+    r = cli("evaluate", digits_run, "--attacks", "pgd", "--steps", "10", "--iterations", "1,5,20", "--corruptions",
+            "--n", "200", "--quiet", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert "robust accuracy vs iterations (pgd-ce" in r.stdout and "mean corruption accuracy" in r.stdout
+    m = json.loads((digits_run / "metrics.json").read_text())
+    curve = m["iterations_curve"]
+    assert [c["steps"] for c in curve] == [1, 5, 20]
+    assert curve[-1]["robust_accuracy"] < curve[0]["robust_accuracy"] <= m["evaluation_clean_accuracy"]
+    table = m["corruptions"]
+    assert set(table) == {"gaussian_noise", "gaussian_blur", "contrast", "brightness", "rotation", "shift"}
+    assert all(list(row) == ["1", "2", "3", "4", "5"] for row in table.values())
+    # the strongest noise costs accuracy; the mean is the mean of the table
+    assert table["gaussian_noise"]["5"] < m["evaluation_clean_accuracy"] - 0.1
+    vals = [a for row in table.values() for a in row.values()]
+    assert m["mean_corruption_accuracy"] == pytest.approx(sum(vals) / len(vals))
+    # a later evaluation without --iterations drops the curve that no longer matches it
+    r = cli("evaluate", digits_run, "--attacks", "fgsm", "--n", "50", "--quiet", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((digits_run / "metrics.json").read_text())
+    assert "iterations_curve" not in m and "corruptions" in m
+
+
 def test_attack_saves_examples_and_summary(digits_run, tmp_path):
     out = tmp_path / "adv"
     r = cli("attack", digits_run, "--attack", "pgd", "--eps", "0.2", "--steps", "20", "--target", "3", "--n", "100",
@@ -77,6 +100,9 @@ def test_attack_saves_examples_and_summary(digits_run, tmp_path):
         (["evaluate", "{run}", "--eps", "0.1,-1", "--attacks", "pgd"], "eps must be"),  # before any work
         (["train", "--dataset", "digits", "--monitor-eps", "0", "--out", "{tmp}/x"], "--monitor-eps must be > 0"),
         (["evaluate", "{run}", "--attacks", "fgsmm"], "unknown attack"),
+        (["evaluate", "{run}", "--iterations", "10,0"], "--iterations must be whole numbers >= 1"),
+        (["evaluate", "{run}", "--iterations", "ten"], "--iterations must be a comma-separated list"),
+        (["evaluate", "{run}", "--attacks", "pgd", "--suite", "quick"], "not both"),
         (["evaluate", "{run}", "--norm", "l3", "--attacks", "pgd"], "unknown norm"),
         (["attack", "{run}", "--target", "12", "--out", "{tmp}/a", "--n", "5"], "--target 12"),
         (["train", "--dataset", "digits", "--device", "cuda", "--out", "{tmp}/x"], "CUDA is not available"),

@@ -161,3 +161,53 @@ def test_evaluate_rejects_bad_input():
         robustlab.evaluate(m, x, y, t, attacks=[attack("fgsm", eps=0.2)])
     with pytest.raises(ValueError, match="outside"):
         robustlab.evaluate(m, x, y + 7, t, attacks=[attack("fgsm")])
+
+
+class NaNAway(torch.nn.Module):
+    """Finite logits at the clean inputs (all pixels <= 0.9 here); NaN wherever a pixel went above
+    0.95, i.e. only at perturbed points; or NaN everywhere with ``always``."""
+
+    def __init__(self, always: bool = False):
+        super().__init__()
+        self.inner, self.always = tiny_model(), always
+
+    def forward(self, x):
+        out = self.inner(x)
+        nan = torch.full_like(out, float("nan"))
+        if self.always:
+            return nan
+        return torch.where((x.flatten(1) > 0.95).any(1, keepdim=True), nan, out)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_model_returning_nan_logits_is_refused(name):
+    x, y = good()
+    with pytest.raises(ValueError, match="NaN or infinite logits"):
+        attack(name)(NaNAway(always=True), x * 0.9, y)
+
+
+def test_evaluate_refuses_nan_clean_logits_and_counts_nan_under_attack_as_broken():
+    x = torch.full((8, 1, 6, 6), 0.9)
+    model = NaNAway()
+    with torch.no_grad():
+        model.inner[1].bias[0] = 10.0  # class 0 wins: the class argmax reads off a NaN row
+        y = model(x).argmax(1)  # clean accuracy 1: all finite, all correct
+    assert bool((y == 0).all())
+    threat = ThreatModel("linf", 0.1)
+    with pytest.raises(ValueError, match="NaN or infinite logits"):
+        robustlab.evaluate(NaNAway(always=True), x, y, threat, [attack("fgsm")])
+    # random signs of size 0.1 push about half the pixels to 1.0: NaN logits for every sample,
+    # which is no valid prediction (argmax would read class 0 and might call it correct)
+    res = robustlab.evaluate(model, x, y, threat, [attack("noise")])
+    assert res.clean_accuracy == 1.0 and res.robust_accuracy == 0.0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_attacks_never_return_nan_examples(name):
+    x, y = good(8)
+    try:
+        x_adv = attack(name)(NaNAway(), x * 0.9, y)
+    except ValueError as e:  # a clear refusal is fine
+        assert "non-finite examples" in str(e), e
+        return
+    assert bool(torch.isfinite(x_adv).all())

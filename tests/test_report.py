@@ -74,6 +74,9 @@ def write_run(root: Path, name: str, *, defense: str = "clean", robust: float = 
         "eps_curve": [{"eps": e, "robust_accuracy": robust / e * 0.1, "per_attack": {"fgsm": min(1, robust / e * 0.1 + 0.1), "pgd": robust / e * 0.1}}
                       for e in (0.05, 0.1, 0.2)],
         "iterations_curve": [{"steps": s, "robust_accuracy": robust + 0.1 / s} for s in (1, 10, 100)],
+        "corruptions": {"gaussian_noise": {str(k): 0.9 - 0.1 * k for k in range(1, 6)},
+                        "rotation": {str(k): 0.88 - 0.02 * k for k in range(1, 6)}},
+        "mean_corruption_accuracy": 0.71,
     }
     if checks:
         metrics["checks"] = [{"name": "iterations help", "status": "PASS", "evidence": "pgd-100 < pgd-10"},
@@ -151,6 +154,25 @@ def test_iterations_and_comparison_plots(tmp_path):
     assert all(_is_png(tmp_path / f) for f in ("it.png", "cmp.png", "ce.png"))
 
 
+def test_corruption_plot_and_section(tmp_path):
+    table = {"gaussian_noise": {"1": 0.8, "3": 0.5, "2": 0.7}, "shift": {"1": 0.9, "2": 0.85, "3": 0.6}}
+    fig = R.plot_corruptions(table, tmp_path / "c.png", clean_accuracy=0.9)
+    ax = fig.axes[0]
+    assert len(ax.lines) == 3 and list(ax.lines[0].get_xdata()) == [1, 2, 3]  # sorted by severity, + clean line
+    assert ax.get_xlabel() == "severity" and ax.get_ylabel() == "accuracy" and _is_png(tmp_path / "c.png")
+    with_table = write_run(tmp_path, "a", artifacts=False)
+    without = tmp_path / "b"
+    without.mkdir()
+    _write_json(without / "metrics.json", {"clean_accuracy": 0.8})
+    doc = R.build_report([with_table, without], tmp_path / "out").read_text()
+    section = doc.split("<h2>Adversarial and natural robustness</h2>")[1].split("</table>")[0]
+    assert "gaussian_noise" in section and "rotation" in section
+    assert "<b>71.0%</b>" in section  # the stored overall mean
+    assert "60.0%" in section and "82.0%" in section  # each corruption's mean over severities 1-5
+    assert "No corruption table" in doc  # the run without one says so
+    assert (tmp_path / "out" / "01-a-corruptions.png").is_file()
+
+
 def test_adversarial_examples_grid_and_captions(tmp_path):
     write_artifacts_files(tmp_path / "run", n=3)
     data = R.read_tensors(tmp_path / "run" / "artifacts" / "examples.safetensors")
@@ -195,14 +217,16 @@ def test_full_report_two_runs_is_self_contained(tmp_path):
     assert "<script>" not in doc and "standard &lt;script&gt;alert(1)&lt;/script&gt;" in doc
     assert "PGD-AT &amp; co" in doc and "noise beats pgd &lt;by&gt; 3%" in doc
     for heading in ("Summary", "Comparison", "Accuracy over epochs", "Robust accuracy vs eps", "Gradient-masking checks",
+                    "Adversarial and natural robustness", "accuracy under common corruptions",
                     "Adversarial examples", "Feature maps", "Loss surface", "first-layer filters and class visualisations"):
         assert heading in doc, heading
     assert "T-shirt/top 91.2% → Pullover 88.5%" in doc
     assert 'style="background:#1a7f37">PASS' in doc and 'style="background:#b35900">WARN' in doc
     assert "+60.0 pts" in doc  # robust accuracy difference in the comparison table
-    # per run: accuracy, eps, iterations, examples, features, loss surface, filters, classes; plus 2 comparison charts
-    assert len(image_sources(doc)) == 2 * 8 + 2
-    assert len(list((tmp_path / "out").glob("*.png"))) == 18
+    # per run: accuracy, eps, iterations, corruptions, examples, features, loss surface, filters, classes;
+    # plus 2 comparison charts
+    assert len(image_sources(doc)) == 2 * 9 + 2
+    assert len(list((tmp_path / "out").glob("*.png"))) == 20
     assert 'class="missing"' not in doc
 
 

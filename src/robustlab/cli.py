@@ -307,11 +307,17 @@ def attack(run, attack_name, norm, eps, steps, target, attack_option, n, batch_s
 @click.option("--surrogate", default=None, type=click.Path(exists=True, file_okay=False),
               help="Run whose model crafts the 'transfer' attack's examples.")
 @click.option("--checks", "with_checks", is_flag=True, help="Also run the gradient-masking checks.")
+@click.option("--iterations", "iterations_text", default=None,
+              help="Comma-separated step counts, e.g. 10,20,50,100,1000: robust accuracy vs attack iterations "
+                   "(APGD-CE at the first --eps; PGD with --attacks pgd).")
+@click.option("--corruptions", "with_corruptions", is_flag=True,
+              help="Also accuracy under common corruptions (noise, blur, contrast, brightness, rotation, shift), "
+                   "severities 1-5.")
 @click.option("--nproc", type=int, default=1, show_default=True, help="Shard the evaluation over N processes (torchrun).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True)
-def evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as_json, surrogate, with_checks, nproc,
-             device, quiet) -> None:
+def evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as_json, surrogate, with_checks,
+             iterations_text, with_corruptions, nproc, device, quiet) -> None:
     """Clean accuracy, and robust accuracy under attacks or a suite; writes RUN/metrics.json."""
     if nproc != 1:
         from .distributed import relaunch
@@ -321,13 +327,20 @@ def evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as_
 
     try:
         _evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as_json, surrogate, with_checks,
-                  device, quiet, init_from_env)
+                  iterations_text, with_corruptions, device, quiet, init_from_env)
     finally:
         shutdown()
 
 
+def _parse_steps(text: str) -> list[int]:
+    vals = _parse_floats(text, "--iterations")
+    if any(v != int(v) or v < 1 for v in vals):
+        raise ValueError(f"--iterations must be whole numbers >= 1, got {text!r}")
+    return [int(v) for v in vals]
+
+
 def _evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as_json, surrogate, with_checks,
-              device, quiet, init_from_env) -> None:
+              iterations_text, with_corruptions, device, quiet, init_from_env) -> None:
     from .attacks import build_attack
     from .checkpoint import load_model
     from .evaluation import clean_accuracy, evaluate as run_eval
@@ -335,6 +348,12 @@ def _evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as
     from .threat import ThreatModel
     from .training import write_metrics
 
+    # every list checked before any work
+    eps_values = _parse_floats(eps_text, "--eps")
+    threats = [ThreatModel(norm, eps) for eps in eps_values]
+    steps_list = _parse_steps(iterations_text) if iterations_text is not None else None
+    if attack_names and suite:
+        raise ValueError("give --attacks or --suite, not both")
     dev = init_from_env(resolve_device(device))
     model = load_model(run, map_location=dev)
     x, y, _ = load_run_data(run, "test", dev, limit=n)
@@ -345,11 +364,7 @@ def _evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as
     metrics: dict[str, Any] = {"evaluated_samples": len(y), "evaluation_clean_accuracy": clean}
     if n is None:
         metrics["clean_accuracy"] = clean
-    if attack_names and suite:
-        raise ValueError("give --attacks or --suite, not both")
     if attack_names or suite:
-        eps_values = _parse_floats(eps_text, "--eps")
-        threats = [ThreatModel(norm, eps) for eps in eps_values]  # every budget checked before any work
         curve = []
         for eps, threat in zip(eps_values, threats):
             if suite:
@@ -367,6 +382,21 @@ def _evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as
                         "eps_curve": None, "checks": head["checks"] or None})
         if len(curve) > 1:
             metrics["eps_curve"] = [{k: c[k] for k in ("eps", "robust_accuracy", "per_attack")} for c in curve]
+        metrics["iterations_curve"] = None  # a curve from an earlier evaluation may not match this one
+    if steps_list is not None:
+        from .curves import iterations_curve
+
+        kind = "pgd" if (attack_names or "").strip().lower() == "pgd" else "apgd"
+        metrics["iterations_curve"] = iterations_curve(model, x, y, threats[0], steps_list, attack=kind,
+                                                       batch_size=batch_size, progress=not quiet)
+        metrics["iterations_attack"] = f"{kind}-ce, {norm} eps={eps_values[0]:g}"
+    if with_corruptions:
+        from .corruptions import corruption_accuracy, mean_corruption_accuracy
+
+        table = corruption_accuracy(model, x, y, batch_size=batch_size)
+        metrics["corruptions"] = {name: {str(s): a for s, a in row.items()} for name, row in table.items()}
+        metrics["mean_corruption_accuracy"] = mean_corruption_accuracy(table)
+        metrics["corruptions_n"] = len(y)
     metrics["evaluate_seconds"] = round(time.perf_counter() - t0, 2)
     if int(os.environ.get("RANK", "0")) != 0:
         return
@@ -384,6 +414,15 @@ def _evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as
         for name, acc in metrics["per_attack"].items():
             click.echo(f"{name:<16} {acc:.4f}")
         click.echo(f"robust (worst)   {metrics['robust_accuracy']:.4f}  at {norm} eps={metrics['eps']:g}")
+    if metrics.get("iterations_curve"):
+        click.echo(f"robust accuracy vs iterations ({metrics['iterations_attack']}): " + ", ".join(
+            f"{c['steps']}: {c['robust_accuracy']:.4f}" for c in metrics["iterations_curve"]))
+    if metrics.get("corruptions"):
+        sevs = list(next(iter(metrics["corruptions"].values())))
+        click.echo(f"{'corruption':<16} " + " ".join(f"{'sev ' + s:>7}" for s in sevs))
+        for name, row in metrics["corruptions"].items():
+            click.echo(f"{name:<16} " + " ".join(f"{row[s]:7.4f}" for s in sevs))
+        click.echo(f"mean corruption accuracy {metrics['mean_corruption_accuracy']:.4f}")
     if metrics.get("checks"):
         from .checks import format_checks
 

@@ -84,8 +84,9 @@ def run_demo(out: Path, epochs: int = 8, robust_epochs: int = 5, device: str = "
                device, "[2/5] fast adversarial training (Wong et al. 2020)")
 
     click.echo(f"[3/5] attacking {N_EVAL} test images at Linf eps={EPS} (each attack on its own; worst case per "
-               "sample), then accuracy vs eps and vs iterations, and the gradient-masking checks")
+               "sample), then accuracy vs eps and vs iterations, the gradient-masking checks and common corruptions")
     from .checks import format_checks, run_checks
+    from .corruptions import corruption_accuracy, mean_corruption_accuracy
     from .curves import eps_curve, iterations_curve
 
     table: dict[str, dict[str, float]] = {}
@@ -101,9 +102,14 @@ def run_demo(out: Path, epochs: int = 8, robust_epochs: int = 5, device: str = "
         checks = run_checks(model, x, y, threat, result=res, scale=CHECKS_SCALE, eps_curve=by_eps,
                             whitebox_names=gradient_attacks)
         click.echo(f"      {name}: " + format_checks(checks).splitlines()[0])
+        corrupted = corruption_accuracy(model, x, y)
+        table[name]["corruptions"] = mean_corruption_accuracy(corrupted)
         write_metrics(run, {"robust_accuracy": res.robust_accuracy, "per_attack": res.per_attack, "eps": EPS,
                             "norm": "linf", "evaluation": res.to_dict(per_sample=False), "eps_curve": by_eps,
-                            "iterations_curve": by_steps, "checks": checks})
+                            "iterations_curve": by_steps, "iterations_attack": f"apgd-ce, linf eps={EPS:g}",
+                            "checks": checks, "evaluated_samples": len(y), "evaluation_clean_accuracy": res.clean_accuracy,
+                            "corruptions": {c: {str(k): v for k, v in row.items()} for c, row in corrupted.items()},
+                            "mean_corruption_accuracy": table[name]["corruptions"], "corruptions_n": len(y)})
     rows = list(next(iter(table.values())))
     click.echo(f"      {'':<12}" + "".join(f"{n:>12}" for n in table))
     for r in rows:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .attacks.base import Attack, model_guard
 from .threat import ThreatModel
-from .validation import check_images, check_labels, check_logits, check_same_device
+from .validation import check_finite_logits, check_images, check_labels, check_logits, check_same_device
 
 SCHEMA_VERSION = 1
 
@@ -27,8 +27,13 @@ SCHEMA_VERSION = 1
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """Predicted classes in eval mode, batched; the model's mode is restored."""
+    preds = []
     with model_guard(model, eval_mode=True):
-        return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+        for i in range(0, len(x), batch_size):
+            logits = model(x[i : i + batch_size])
+            check_finite_logits(logits)
+            preds.append(logits.argmax(1))
+    return torch.cat(preds)
 
 
 def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:

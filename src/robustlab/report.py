@@ -357,6 +357,25 @@ def plot_iterations_curve(curve: Sequence[dict[str, Any]], out: str | Path, titl
     return _save(fig, out)
 
 
+def plot_corruptions(table: dict[str, dict[str, float]], out: str | Path, clean_accuracy: float | None = None,
+                     title: str | None = None) -> Figure:
+    """Accuracy against corruption severity, one line per corruption (natural robustness)."""
+    fig = Figure(figsize=(6.5, 3.8), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    for name, row in table.items():
+        pts = sorted((int(k), float(v)) for k, v in row.items())
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=_tex(name))
+    if clean_accuracy is not None:
+        ax.axhline(clean_accuracy, ls="--", lw=1, color="#1f77b4", label="clean")
+    ax.set_xlabel("severity")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title("accuracy under common corruptions" if title is None else _tex(title))
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncols=4, frameon=False)
+    return _save(fig, out)
+
+
 def plot_comparison(rows: Sequence[dict[str, Any]], out: str | Path) -> Figure:
     """Grouped bars per run: clean accuracy and worst-case robust accuracy (from run_summary rows)."""
     n = len(rows)
@@ -663,6 +682,33 @@ def _modes(rows: list[dict[str, Any]]) -> str:
     return "; ".join(f"{', '.join(t)}: {m}" for m, t in groups.items()) or "none recorded"
 
 
+def _corruption_table(rows: list[dict[str, Any]], data: Sequence[Any]) -> str:
+    """One table across runs: clean and worst-case robust accuracy beside the mean accuracy under
+    each corruption (over severities 1-5) and overall."""
+    names: list[str] = []
+    for d in data:
+        for name in (d.metrics.get("corruptions") or {}):
+            if name not in names:
+                names.append(name)
+    body = []
+    for r, d in zip(rows, data):
+        table = d.metrics.get("corruptions") or {}
+
+        def mean(row: dict[str, Any]) -> float | None:
+            vals = [float(v) for k, v in row.items() if str(k) != "0"]
+            return sum(vals) / len(vals) if vals else None
+
+        body.append([(f"<b>{_e(r['title'])}</b>", False), (_e(_pct(r["clean_accuracy"])), True),
+                     (_e(_pct(r["robust_accuracy"])), True),
+                     (f"<b>{_e(_pct(_num(d.metrics.get('mean_corruption_accuracy'))))}</b>", True),
+                     *[(_e(_pct(mean(table[n]) if n in table else None)), True) for n in names]])
+    note = ('<p class="note">Natural robustness: accuracy on corrupted test images (mean over severities 1-5), '
+            "beside the adversarial numbers: robustness to an eps-ball says little about noise, blur, contrast, "
+            "brightness, rotation or shifts, so both are measured.</p>")
+    return ("<h2>Adversarial and natural robustness</h2>"
+            + _table(["run", "clean acc", "robust acc (worst)", "corruptions (mean)", *names], body) + note)
+
+
 def _summary_section(rows: list[dict[str, Any]]) -> str:
     attacks: list[str] = []
     for r in rows:
@@ -784,6 +830,14 @@ def build_report(runs: Sequence[str | Path], out_dir: str | Path, titles: Sequen
             parts.append(_missing("No robust accuracy vs attack iterations recorded."))
         return "".join(parts)
 
+    def corruptions(d: RunData, slug: str) -> str:
+        table = d.metrics.get("corruptions")
+        if not isinstance(table, dict) or not table:
+            return _missing("No corruption table; run robustlab evaluate RUN --corruptions.")
+        return page.figure(f"{slug}-corruptions", plot_corruptions, table,
+                           clean_accuracy=_num(d.metrics.get("evaluation_clean_accuracy", d.metrics.get("clean_accuracy"))),
+                           alt=f"accuracy under common corruptions, {d.title}")
+
     def checks(d: RunData, slug: str) -> str:
         cs = d.checks
         if not cs:
@@ -871,6 +925,9 @@ def build_report(runs: Sequence[str | Path], out_dir: str | Path, titles: Sequen
 
     per_run("Accuracy over epochs", accuracy)
     per_run("Robust accuracy vs eps and attack iterations", eps_curve)
+    if any(isinstance(d.metrics.get("corruptions"), dict) for d in data):
+        P.append(_corruption_table(rows, data))
+        per_run("Natural robustness: accuracy under common corruptions", corruptions)
     per_run("Gradient-masking checks", checks)
     per_run("Adversarial examples", examples, wide=True)
     per_run("Feature maps", fmaps)
@@ -916,6 +973,7 @@ __all__ = [
     "plot_feature_maps",
     "plot_filters",
     "plot_iterations_curve",
+    "plot_corruptions",
     "plot_loss_surface",
     "read_artifacts",
     "read_history",

@@ -92,4 +92,15 @@ def check_logits(logits: object, n: int) -> torch.Tensor:
         raise ValueError(
             f"the model must return logits of shape (batch={n}, classes>=2), got {tuple(logits.shape)}"
         )
+    check_finite_logits(logits)
     return logits
+
+
+def check_finite_logits(logits: torch.Tensor) -> None:
+    """NaN or infinite logits make argmax meaningless (a NaN row 'predicts' class 0): refuse them."""
+    bad = ~torch.isfinite(logits).all(dim=1)
+    if bool(bad.any()):
+        raise ValueError(
+            f"the model returned NaN or infinite logits for {int(bad.sum())} of {logits.shape[0]} inputs; "
+            "accuracy and attacks are meaningless on them (check the model and its weights)"
+        )

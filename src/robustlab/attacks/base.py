@@ -97,9 +97,14 @@ class Crafted(NamedTuple):
 
 
 def is_adversarial(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
-    """Per-sample success: the prediction differs from y (untargeted) or equals target."""
+    """Per-sample success: the prediction differs from y (untargeted) or equals target.
+
+    Untargeted, a row of NaN or infinite logits counts as a success: the model gives no valid
+    prediction there (argmax would read a NaN row as class 0 and could call it correct)."""
     pred = logits.argmax(1)
-    return pred != y if target is None else pred == target
+    if target is not None:
+        return pred == target
+    return (pred != y) | ~torch.isfinite(logits).all(dim=1)
 
 
 class Attack(ABC):
@@ -212,6 +217,12 @@ class Attack(ABC):
                 else:
                     x_adv, queries = out, None
             projected = self.threat.project(x_adv.detach(), x0)
+            bad = ~torch.isfinite(projected.flatten(1)).all(dim=1)
+            if bool(bad.any()):  # one check per call, never per step
+                raise ValueError(
+                    f"{type(self).__name__} produced non-finite examples for {int(bad.sum())} of {len(bad)} inputs: "
+                    "the model's outputs or input gradients are NaN or infinite there"
+                )
             if measure and (success is None or not torch.equal(projected, x_adv)):
                 with torch.no_grad():
                     success = is_adversarial(model(projected), y, target)
