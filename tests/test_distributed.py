@@ -111,8 +111,9 @@ def test_sharded_evaluation_equals_single_process_sample_for_sample(tmp_path):
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     shutil.copytree(run, tmp_path / "run2")
+    # --n: an abbreviation torchrun's own parser would call ambiguous if it reached it
     args = ["evaluate", "--attacks", "noise,fgsm,pgd,apgd", "--steps", "10", "--eps", "0.1", "--batch-size", "64",
-            "--quiet", "--device", "cpu"]
+            "--n", "300", "--quiet", "--device", "cpu"]
     one = subprocess.run([sys.executable, "-m", "robustlab", args[0], str(run), *args[1:]], capture_output=True,
                          text=True, env=env, timeout=600)
     two = subprocess.run([sys.executable, "-m", "robustlab", args[0], str(tmp_path / "run2"), *args[1:], "--nproc", "2"],
@@ -123,4 +124,4 @@ def test_sharded_evaluation_equals_single_process_sample_for_sample(tmp_path):
     b = json.loads((tmp_path / "run2" / "evaluation.json").read_text())
     assert a["per_sample"] == b["per_sample"]
     assert a["robust_accuracy"] == b["robust_accuracy"] and a["per_attack"] == b["per_attack"]
-    assert 0 < a["robust_accuracy"] < a["clean_accuracy"]
+    assert 0 < a["robust_accuracy"] < a["clean_accuracy"] and a["n"] == 300

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import subprocess
 import sys
@@ -75,14 +76,32 @@ def sum_across_ranks(value: float, device: torch.device) -> float:
     return float(t.item())
 
 
+ARGV_ENV = "ROBUSTLAB_RELAUNCH_ARGV"
+
+
+def relaunched_argv() -> list[str] | None:
+    """The arguments :func:`relaunch` handed to this process (None when not relaunched)."""
+    text = os.environ.get(ARGV_ENV)
+    if text is None:
+        return None
+    argv = json.loads(text)
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        raise ValueError(f"{ARGV_ENV} must be a JSON list of strings")
+    return argv
+
+
 def relaunch(nproc: int, argv: Sequence[str]) -> int:
     """Run ``python -m robustlab ARGV`` under torchrun with ``nproc`` local processes and return
     its exit code. Multi-node runs use torchrun directly (see README)."""
     if nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {nproc}")
+    # The command's own arguments travel in the environment, not on torchrun's command line:
+    # torchrun's argparse reads every option-like word, and an abbreviation such as robustlab's
+    # --n is "ambiguous" there (--nnodes, --nproc-per-node, ...) and kills the launch.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "robustlab", *argv]
+           "-m", "robustlab"]
     env = dict(os.environ)
+    env[ARGV_ENV] = json.dumps([str(a) for a in argv])
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     return subprocess.run(cmd, env=env).returncode
 
