@@ -435,13 +435,18 @@ def _evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--epochs", type=int, default=8, show_default=True, help="Standard training epochs.")
 @click.option("--robust-epochs", type=int, default=5, show_default=True, help="Fast adversarial training epochs.")
+@click.option("--train-limit", type=click.IntRange(min=1), default=None,
+              help="Train on the first N images only (a quick look; the default uses all 60,000).")
+@click.option("--n", "n_eval", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Test images attacked.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True)
-def demo(out, epochs, robust_epochs, device, quiet) -> None:
+def demo(out, epochs, robust_epochs, train_limit, n_eval, device, quiet) -> None:
     """The embedded default: Fashion-MNIST small CNN, attacks, fast-AT, side by side, report."""
     from .demo import run_demo
 
-    run_demo(Path(out), epochs=epochs, robust_epochs=robust_epochs, device=device, progress=not quiet)
+    run_demo(Path(out), epochs=epochs, robust_epochs=robust_epochs, device=device, progress=not quiet,
+             train_limit=train_limit, n_eval=n_eval)
 
 
 # --- report ----------------------------------------------------------------------------------

@@ -26,16 +26,25 @@ CURVE_STEPS = (5, 10, 20, 50)  # robust accuracy vs attack iterations (APGD-CE a
 CHECKS_SCALE = 0.25  # the gradient-masking checks at a quarter of their default steps/queries
 
 
-def _finished(run: Path, epochs: int) -> bool:
-    metrics = run / "metrics.json"
+def _finished(run: Path, spec: RunSpec, epochs: int) -> bool:
+    """A finished run of this very spec is in ``run``. A run of another spec there is an error:
+    reusing it would silently report other settings, retraining would destroy it."""
+    metrics, config = run / "metrics.json", run / "config.json"
+    if config.is_file():
+        saved = json.loads(config.read_text()).get("spec")
+        wanted = json.loads(json.dumps(spec.to_dict()))
+        if saved != wanted:
+            changed = sorted(k for k in set(saved or {}) | set(wanted) if (saved or {}).get(k) != wanted.get(k))
+            raise ValueError(f"{run} holds a run with other settings ({', '.join(changed)}); "
+                             "remove it or give the demo another --out")
     if not (run / STATE_FILE).is_file() or not metrics.is_file():
         return False
     return json.loads(metrics.read_text()).get("epochs") == epochs
 
 
 def train_step(run: Path, spec: RunSpec, config: TrainConfig, device: str, label: str) -> dict[str, Any]:
-    """Train ``spec`` into ``run`` unless a finished run with the same epochs is already there."""
-    if _finished(run, config.epochs):
+    """Train ``spec`` into ``run`` unless a finished run of it with the same epochs is already there."""
+    if _finished(run, spec, config.epochs):
         click.echo(f"{label}: reusing finished run {run}")
         return json.loads((run / "metrics.json").read_text())
     resume = (run / STATE_FILE).is_file()
@@ -59,8 +68,14 @@ def demo_attacks(threat) -> list:
     return attacks
 
 
-def run_demo(out: Path, epochs: int = 8, robust_epochs: int = 5, device: str = "auto", progress: bool = True) -> Path:
-    """Run the whole demo; returns the report's path."""
+def run_demo(out: Path, epochs: int = 8, robust_epochs: int = 5, device: str = "auto", progress: bool = True,
+             train_limit: int | None = None, n_eval: int = N_EVAL) -> Path:
+    """Run the whole demo; returns the report's path. ``train_limit`` (first N training images)
+    and ``n_eval`` (attacked test images) shrink it for a quick look or a test."""
+    if train_limit is not None and train_limit < 1:
+        raise ValueError(f"train_limit must be >= 1, got {train_limit}")
+    if n_eval < 1:
+        raise ValueError(f"n_eval must be >= 1, got {n_eval}")
     from .checkpoint import load_model
     from .evaluation import evaluate
     from .runs import load_run_data, resolve_device
@@ -72,18 +87,19 @@ def run_demo(out: Path, epochs: int = 8, robust_epochs: int = 5, device: str = "
     threat = ThreatModel("linf", EPS)
     runs = {"standard": out / "standard", "fast-at": out / "fast-at"}
 
-    std = train_step(runs["standard"], RunSpec(dataset="fashion-mnist", model="small-cnn"),
+    std = train_step(runs["standard"], RunSpec(dataset="fashion-mnist", model="small-cnn", train_limit=train_limit),
                      TrainConfig(epochs=epochs, batch_size=128, lr=1e-3, schedule="cosine", seed=0, progress=progress),
                      device, "[1/5] standard training")
     click.echo(f"      clean accuracy {std['clean_accuracy']:.4f} on {std['test_samples']} Fashion-MNIST test images")
 
-    robust_spec = RunSpec(dataset="fashion-mnist", model="small-cnn", defense="fast-at", defense_options={"eps": EPS},
+    robust_spec = RunSpec(dataset="fashion-mnist", model="small-cnn", train_limit=train_limit, defense="fast-at",
+                          defense_options={"eps": EPS},
                           monitor={"attack": "pgd", "eps": EPS, "steps": 20, "rel_step_size": 0.1, "seed": 0})
     train_step(runs["fast-at"], robust_spec,
                TrainConfig(epochs=robust_epochs, batch_size=128, lr=3e-3, schedule="onecycle", seed=0, progress=progress),
                device, "[2/5] fast adversarial training (Wong et al. 2020)")
 
-    click.echo(f"[3/5] attacking {N_EVAL} test images at Linf eps={EPS} (each attack on its own; worst case per "
+    click.echo(f"[3/5] attacking {n_eval} test images at Linf eps={EPS} (each attack on its own; worst case per "
                "sample), then accuracy vs eps and vs iterations, the gradient-masking checks and common corruptions")
     from .checks import format_checks, run_checks
     from .corruptions import corruption_accuracy, mean_corruption_accuracy
@@ -92,7 +108,7 @@ def run_demo(out: Path, epochs: int = 8, robust_epochs: int = 5, device: str = "
     table: dict[str, dict[str, float]] = {}
     for name, run in runs.items():
         model = load_model(run, map_location=dev)
-        x, y, _ = load_run_data(run, "test", dev, limit=N_EVAL)
+        x, y, _ = load_run_data(run, "test", dev, limit=n_eval)
         attacks = demo_attacks(threat)
         res = evaluate(model, x, y, threat, attacks, cascade=False, progress=progress)
         table[name] = {"clean": res.clean_accuracy, **res.per_attack, "worst case": res.robust_accuracy}
