@@ -367,6 +367,7 @@ def plot_corruptions(table: dict[str, dict[str, float]], out: str | Path, clean_
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=_tex(name))
     if clean_accuracy is not None:
         ax.axhline(clean_accuracy, ls="--", lw=1, color="#1f77b4", label="clean")
+    ax.set_xticks(sorted({int(k) for row in table.values() for k in row}))
     ax.set_xlabel("severity")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
