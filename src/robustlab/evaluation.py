@@ -84,9 +84,11 @@ def run_attack(
     batch_size: int = 500,
     only: torch.Tensor | None = None,
     progress: bool = False,
+    clean_correct: torch.Tensor | None = None,
 ) -> AttackOutcome:
     """Run ``attack`` on the samples selected by ``only`` (default: all correctly classified),
-    in batches, and record per-sample robustness and perturbation sizes.
+    in batches, and record per-sample robustness and perturbation sizes. ``clean_correct``
+    (per-sample clean correctness) saves the clean forward pass when the caller already has it.
 
     Under torch.distributed (``robustlab evaluate --nproc N``) the batches are dealt round-robin to
     the ranks and the outcomes summed, so every batch holds the same samples, with the same seed,
@@ -95,8 +97,7 @@ def run_attack(
 
     rank, world = dist_info()
     n = len(x)
-    pred = predict(model, x, batch_size)
-    robust = pred == y
+    robust = (predict(model, x, batch_size) == y) if clean_correct is None else clean_correct.to(x.device).clone()
     sel = robust.clone() if only is None else (only & robust)
     idx = sel.nonzero().flatten()
     broken = torch.zeros(n, device=x.device)
@@ -236,7 +237,8 @@ def evaluate(
         a = copy.copy(attack)
         a.early_stop = early_stop or a.early_stop
         a.name = name
-        out = run_attack(model, x, y, a, batch_size, only=alive if cascade else None, progress=progress)
+        out = run_attack(model, x, y, a, batch_size, only=alive if cascade else None, progress=progress,
+                         clean_correct=clean_correct)
         if cascade:
             # Samples not attacked because an earlier attack broke them stay broken.
             out.robust &= alive.cpu()
