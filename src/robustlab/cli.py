@@ -384,19 +384,15 @@ def _evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as
             metrics["eps_curve"] = [{k: c[k] for k in ("eps", "robust_accuracy", "per_attack")} for c in curve]
         metrics["iterations_curve"] = None  # a curve from an earlier evaluation may not match this one
     if steps_list is not None:
-        from .curves import iterations_curve
+        from .curves import iterations_metrics
 
         kind = "pgd" if (attack_names or "").strip().lower() == "pgd" else "apgd"
-        metrics["iterations_curve"] = iterations_curve(model, x, y, threats[0], steps_list, attack=kind,
-                                                       batch_size=batch_size, progress=not quiet)
-        metrics["iterations_attack"] = f"{kind}-ce, {norm} eps={eps_values[0]:g}"
+        metrics.update(iterations_metrics(model, x, y, threats[0], steps_list, attack=kind, batch_size=batch_size,
+                                          progress=not quiet))
     if with_corruptions:
-        from .corruptions import corruption_accuracy, mean_corruption_accuracy
+        from .corruptions import corruption_metrics
 
-        table = corruption_accuracy(model, x, y, batch_size=batch_size)
-        metrics["corruptions"] = {name: {str(s): a for s, a in row.items()} for name, row in table.items()}
-        metrics["mean_corruption_accuracy"] = mean_corruption_accuracy(table)
-        metrics["corruptions_n"] = len(y)
+        metrics.update(corruption_metrics(model, x, y, batch_size=batch_size))
     metrics["evaluate_seconds"] = round(time.perf_counter() - t0, 2)
     if int(os.environ.get("RANK", "0")) != 0:
         return

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -208,4 +208,13 @@ def mean_corruption_accuracy(table: dict[str, dict[int, float]]) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
-__all__ = ["CORRUPTIONS", "PARAMS", "SEVERITIES", "corrupt", "corruption_accuracy", "mean_corruption_accuracy"]
+def corruption_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> dict[str, Any]:
+    """The corruption keys of a run's metrics.json: the table (JSON severity keys), its mean and
+    the number of images; ``kwargs`` go to :func:`corruption_accuracy`."""
+    table = corruption_accuracy(model, x, y, **kwargs)
+    return {"corruptions": {name: {str(s): a for s, a in row.items()} for name, row in table.items()},
+            "mean_corruption_accuracy": mean_corruption_accuracy(table), "corruptions_n": len(y)}
+
+
+__all__ = ["CORRUPTIONS", "PARAMS", "SEVERITIES", "corrupt", "corruption_accuracy", "corruption_metrics",
+           "mean_corruption_accuracy"]

@@ -111,4 +111,14 @@ def iterations_curve(
     return out
 
 
-__all__ = ["eps_curve", "iterations_curve"]
+def iterations_metrics(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, steps_list: Sequence[int],
+    attack: str = "apgd", loss: str = "ce", **kwargs: Any,
+) -> dict[str, Any]:
+    """The keys of a run's metrics.json for :func:`iterations_curve`: the curve and which attack
+    at which budget made it."""
+    curve = iterations_curve(model, x, y, threat, steps_list, attack=attack, loss=loss, **kwargs)
+    return {"iterations_curve": curve, "iterations_attack": f"{attack}-{loss}, {threat.norm} eps={threat.eps:g}"}
+
+
+__all__ = ["eps_curve", "iterations_curve", "iterations_metrics"]

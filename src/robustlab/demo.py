@@ -31,10 +31,10 @@ def _finished(run: Path, spec: RunSpec, epochs: int) -> bool:
     reusing it would silently report other settings, retraining would destroy it."""
     metrics, config = run / "metrics.json", run / "config.json"
     if config.is_file():
-        saved = json.loads(config.read_text()).get("spec")
-        wanted = json.loads(json.dumps(spec.to_dict()))
-        if saved != wanted:
-            changed = sorted(k for k in set(saved or {}) | set(wanted) if (saved or {}).get(k) != wanted.get(k))
+        saved = json.loads(config.read_text()).get("spec") or {}
+        wanted = json.loads(json.dumps(spec.to_dict()))  # as JSON stores it (tuples become lists)
+        changed = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+        if changed:
             raise ValueError(f"{run} holds a run with other settings ({', '.join(changed)}); "
                              "remove it or give the demo another --out")
     if not (run / STATE_FILE).is_file() or not metrics.is_file():
@@ -102,8 +102,8 @@ def run_demo(out: Path, epochs: int = 8, robust_epochs: int = 5, device: str = "
     click.echo(f"[3/5] attacking {n_eval} test images at Linf eps={EPS} (each attack on its own; worst case per "
                "sample), then accuracy vs eps and vs iterations, the gradient-masking checks and common corruptions")
     from .checks import format_checks, run_checks
-    from .corruptions import corruption_accuracy, mean_corruption_accuracy
-    from .curves import eps_curve, iterations_curve
+    from .corruptions import corruption_metrics
+    from .curves import eps_curve, iterations_metrics
 
     table: dict[str, dict[str, float]] = {}
     for name, run in runs.items():
@@ -113,19 +113,17 @@ def run_demo(out: Path, epochs: int = 8, robust_epochs: int = 5, device: str = "
         res = evaluate(model, x, y, threat, attacks, cascade=False, progress=progress)
         table[name] = {"clean": res.clean_accuracy, **res.per_attack, "worst case": res.robust_accuracy}
         by_eps = eps_curve(model, x, y, threat, CURVE_EPS, attacks="quick", scale=0.5)
-        by_steps = iterations_curve(model, x, y, threat, CURVE_STEPS, attack="apgd")
+        by_steps = iterations_metrics(model, x, y, threat, CURVE_STEPS, attack="apgd")
         gradient_attacks = [n for n, a in zip(res.per_attack, attacks) if getattr(a, "uses_gradients", True)]
         checks = run_checks(model, x, y, threat, result=res, scale=CHECKS_SCALE, eps_curve=by_eps,
                             whitebox_names=gradient_attacks)
         click.echo(f"      {name}: " + format_checks(checks).splitlines()[0])
-        corrupted = corruption_accuracy(model, x, y)
-        table[name]["corruptions"] = mean_corruption_accuracy(corrupted)
+        corrupted = corruption_metrics(model, x, y)
+        table[name]["corruptions"] = corrupted["mean_corruption_accuracy"]
         write_metrics(run, {"robust_accuracy": res.robust_accuracy, "per_attack": res.per_attack, "eps": EPS,
                             "norm": "linf", "evaluation": res.to_dict(per_sample=False), "eps_curve": by_eps,
-                            "iterations_curve": by_steps, "iterations_attack": f"apgd-ce, linf eps={EPS:g}",
-                            "checks": checks, "evaluated_samples": len(y), "evaluation_clean_accuracy": res.clean_accuracy,
-                            "corruptions": {c: {str(k): v for k, v in row.items()} for c, row in corrupted.items()},
-                            "mean_corruption_accuracy": table[name]["corruptions"], "corruptions_n": len(y)})
+                            **by_steps, "checks": checks, "evaluated_samples": len(y),
+                            "evaluation_clean_accuracy": res.clean_accuracy, **corrupted})
     rows = list(next(iter(table.values())))
     click.echo(f"      {'':<12}" + "".join(f"{n:>12}" for n in table))
     for r in rows:
