@@ -7,7 +7,4 @@ from .cli import main
 from .distributed import relaunched_argv
 
 argv = relaunched_argv() if len(sys.argv) == 1 else None
-if argv is not None:
-    main(args=argv, prog_name="robustlab")
-else:
-    main()
+main(args=argv, prog_name="robustlab" if argv is not None else None)

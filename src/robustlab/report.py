@@ -34,6 +34,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .checkpoint import atomic_write_bytes, atomic_write_text  # noqa: E402
+from .corruptions import mean_corruption_accuracy  # noqa: E402
 
 ARTIFACTS_DIR = "artifacts"  # the same names as robustlab.artifacts (not imported: it needs torch models)
 MANIFEST = "artifacts.json"
@@ -208,6 +209,7 @@ def run_summary(run: RunData) -> dict[str, Any]:
     planned = training.get("epochs") or run.metrics.get("epochs")
     done = len(run.history) or None
     ev = run.evaluation
+    details = ev.get("details") or {}
     train_s = _num(run.metrics.get("train_seconds"))
     if train_s is None and run.history:
         train_s = sum(_num(h.get("seconds")) or 0.0 for h in run.history)
@@ -228,11 +230,10 @@ def run_summary(run: RunData) -> dict[str, Any]:
         "train_seconds": train_s,
         "evaluate_seconds": _num(run.metrics.get("evaluate_seconds")),
         "test_samples": run.metrics.get("test_samples"),
-        "per_attack_mode": (ev.get("details") or {}).get("per_attack_mode"),
+        "per_attack_mode": details.get("per_attack_mode"),
         # the attacked subset, which may be smaller than the clean-accuracy test set
-        "robust_n": (ev.get("details") or {}).get("n", run.metrics.get("evaluated_samples")),
-        "robust_clean_accuracy": _num((ev.get("details") or {}).get(
-            "clean_accuracy", run.metrics.get("evaluation_clean_accuracy"))),
+        "robust_n": details.get("n", run.metrics.get("evaluated_samples")),
+        "robust_clean_accuracy": _num(details.get("clean_accuracy", run.metrics.get("evaluation_clean_accuracy"))),
     }
 
 
@@ -677,10 +678,19 @@ def _modes(rows: list[dict[str, Any]]) -> str:
     groups: dict[str, list[str]] = {}
     for r in rows:
         if r["per_attack"]:
-            groups.setdefault(text.get(r.get("per_attack_mode") or "", "as recorded by robustlab evaluate"), []).append(str(r["title"]))
+            mode = text.get(r["per_attack_mode"], "as recorded by robustlab evaluate")
+            groups.setdefault(mode, []).append(str(r["title"]))
+    if not groups:
+        return "none recorded"
     if len(groups) == 1:
         return next(iter(groups))
-    return "; ".join(f"{', '.join(t)}: {m}" for m, t in groups.items()) or "none recorded"
+    return "; ".join(f"{', '.join(t)}: {m}" for m, t in groups.items())
+
+
+def _corruption_mean(row: dict[str, Any] | None) -> float | None:
+    """One corruption's accuracy averaged over its severities (None when there are none)."""
+    mean = mean_corruption_accuracy({"_": row}) if row else math.nan
+    return None if math.isnan(mean) else mean
 
 
 def _corruption_table(rows: list[dict[str, Any]], data: Sequence[Any]) -> str:
@@ -694,15 +704,10 @@ def _corruption_table(rows: list[dict[str, Any]], data: Sequence[Any]) -> str:
     body = []
     for r, d in zip(rows, data):
         table = d.metrics.get("corruptions") or {}
-
-        def mean(row: dict[str, Any]) -> float | None:
-            vals = [float(v) for k, v in row.items() if str(k) != "0"]
-            return sum(vals) / len(vals) if vals else None
-
         body.append([(f"<b>{_e(r['title'])}</b>", False), (_e(_pct(r["clean_accuracy"])), True),
                      (_e(_pct(r["robust_accuracy"])), True),
                      (f"<b>{_e(_pct(_num(d.metrics.get('mean_corruption_accuracy'))))}</b>", True),
-                     *[(_e(_pct(mean(table[n]) if n in table else None)), True) for n in names]])
+                     *[(_e(_pct(_corruption_mean(table.get(n)))), True) for n in names]])
     note = ('<p class="note">Natural robustness: accuracy on corrupted test images (mean over severities 1-5), '
             "beside the adversarial numbers: robustness to an eps-ball says little about noise, blur, contrast, "
             "brightness, rotation or shifts, so both are measured.</p>")
