@@ -21,21 +21,10 @@ declare -A defences=(
   [adv-reg]="--defense adv-reg --eps 0.1"
   [offline]="--defense offline --eps 0.1"
 )
-printf "%-10s %8s %8s %8s %8s %8s %8s\n" defence clean pgd20 "$suite" epochs train_s suite_s
+# shellcheck source=benchmarks/bench_row.sh
+source "$(dirname "$0")/bench_row.sh"
+bench_header defence
 for name in clean noise fgsm-at fast-at pgd-at pgd-at-bn mix trades alp adv-reg offline; do
-  run="$out/$name"
-  if [ ! -f "$run/metrics.json" ]; then
-    start=$(date +%s)
-    # shellcheck disable=SC2086
-    $py -m robustlab train "${common[@]}" ${defences[$name]} --out "$run" >/dev/null
-    secs=$(( $(date +%s) - start ))
-    echo "{\"wall_seconds\": $secs}" > "$run/wall.json"
-  fi
-  $py -m robustlab evaluate "$run" --attacks pgd --steps 20 --eps 0.1 --n "$n" --quiet --device cpu >/dev/null
-  pgd=$($py -c "import json;print(json.load(open('$run/metrics.json'))['robust_accuracy'])")
-  clean=$($py -c "import json;print(json.load(open('$run/metrics.json'))['evaluation_clean_accuracy'])")
-  $py -m robustlab evaluate "$run" --suite "$suite" --eps 0.1 --n "$n" --quiet --device cpu >/dev/null
-  read -r worst suite_s < <($py -c "import json;m=json.load(open('$run/metrics.json'));print(m['robust_accuracy'],round(m['evaluate_seconds']))")
-  secs=$($py -c "import json;print(round(json.load(open('$run/wall.json'))['wall_seconds']))")
-  printf "%-10s %8.4f %8.4f %8.4f %8s %8s %8s\n" "$name" "$clean" "$pgd" "$worst" "$epochs" "$secs" "$suite_s"
+  # shellcheck disable=SC2086
+  bench_row "$name" "$out/$name" "${common[@]}" ${defences[$name]}
 done

@@ -17,28 +17,18 @@ declare -A variants=(
   [silu]="--activation silu"
   [relu-nonlocal]="--denoise nonlocal"
 )
-printf "%-14s %8s %8s %8s %8s %8s\n" model clean pgd20 "$suite" epochs train_s
+# shellcheck source=benchmarks/bench_row.sh
+source "$(dirname "$0")/bench_row.sh"
+bench_header model
 for name in relu gelu silu relu-nonlocal; do
-  run="$out/pgd-at-$name"
-  if [ ! -f "$run/metrics.json" ]; then
-    start=$(date +%s)
-    # shellcheck disable=SC2086
-    $py -m robustlab train "${common[@]}" ${variants[$name]} --out "$run" >/dev/null
-    echo "{\"wall_seconds\": $(( $(date +%s) - start ))}" > "$run/wall.json"
-  fi
-  $py -m robustlab evaluate "$run" --attacks pgd --steps 20 --eps 0.1 --n "$n" --quiet --device cpu >/dev/null
-  read -r clean pgd secs < <($py -c "import json;m=json.load(open('$run/metrics.json'));w=json.load(open('$run/wall.json'));print(m['evaluation_clean_accuracy'],m['robust_accuracy'],w['wall_seconds'])")
-  $py -m robustlab evaluate "$run" --suite "$suite" --eps 0.1 --n "$n" --quiet --device cpu >/dev/null
-  worst=$($py -c "import json;print(json.load(open('$run/metrics.json'))['robust_accuracy'])")
-  printf "%-14s %8.4f %8.4f %8.4f %8s %8s\n" "$name" "$clean" "$pgd" "$worst" "$epochs" "$secs"
+  # shellcheck disable=SC2086
+  bench_row "$name" "$out/pgd-at-$name" "${common[@]}" ${variants[$name]}
 done
 
 # The detector guards a standard (clean-trained) model at the same budget.
 std="$out/clean"
-if [ ! -f "$std/metrics.json" ]; then
-  $py -m robustlab train --dataset fashion-mnist --train-limit "$limit" --epochs "$epochs" --batch-size 128 \
-      --lr 2e-3 --schedule onecycle --seed 0 --quiet --device cpu --monitor-n 200 --out "$std" >/dev/null
-fi
+train_once "$std" --dataset fashion-mnist --train-limit "$limit" --epochs "$epochs" --batch-size 128 --lr 2e-3 \
+    --schedule onecycle --seed 0 --quiet --device cpu --monitor-n 200
 echo; echo "detector on $std (PGD-10 training examples, PGD-20 plain and adaptive attacks, eps 0.1):"
 $py -m robustlab train-detector "$std" --attack pgd --eps 0.1 --n-train 5000 --n-test "$n" --out "$out/detector" --device cpu
 
