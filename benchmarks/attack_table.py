@@ -13,8 +13,8 @@ import time
 
 from robustlab import ThreatModel, load_model
 from robustlab.attacks import build_attack
-from robustlab.evaluation import clean_accuracy, evaluate, predict
-from robustlab.runs import load_run_data
+from robustlab.evaluation.evaluate import clean_accuracy, evaluate, predict
+from robustlab.runs.train import load_run_data
 
 
 def main() -> None:

@@ -82,8 +82,8 @@ from torch import nn
 import robustlab
 from robustlab import ThreatModel
 from robustlab.attacks import FGSM, MIM, PGD
-from robustlab.evaluation import evaluate
-from robustlab.models import build_model
+from robustlab.evaluation.evaluate import evaluate
+from robustlab.models.zoo import build_model
 
 try:  # APGD may not be registered in robustlab.attacks yet
     from robustlab.attacks.apgd import APGD as RL_APGD

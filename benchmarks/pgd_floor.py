@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from robustlab import ThreatModel
 from robustlab.attacks import PGD
-from robustlab.models import build_model
+from robustlab.models.zoo import build_model
 
 
 def load_data(n: int):
@@ -58,7 +58,7 @@ def load_model(checkpoint: str | None, train_steps: int) -> tuple[torch.nn.Modul
         try:
             from robustlab import load_model as loader  # type: ignore[attr-defined,no-redef]
         except ImportError:
-            from robustlab.checkpoint import load_model as loader  # type: ignore[no-redef]
+            from robustlab.storage.checkpoint import load_model as loader  # type: ignore[no-redef]
         return loader(checkpoint), f"checkpoint {checkpoint}"
     torch.manual_seed(0)
     model = build_model("small-cnn", 10, 1, input_size=28)

@@ -19,7 +19,7 @@ import torch
 import robustlab
 from robustlab import ThreatModel
 from robustlab.attacks import PGD
-from robustlab.models import build_model
+from robustlab.models.zoo import build_model
 from robustlab.training import Clean, TrainConfig, train
 
 

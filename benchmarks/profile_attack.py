@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from robustlab import ThreatModel
 from robustlab.attacks import FGSM, PGD
-from robustlab.models import build_model
+from robustlab.models.zoo import build_model
 
 # The attack's own element-wise work (loss, sign, step, projection, random start); exact aten names.
 ATTACK_OPS = {"sub", "sub_", "mul", "mul_", "add", "add_", "where", "clamp", "clamp_", "uniform_", "sign", "sign_",

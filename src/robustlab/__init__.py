@@ -7,7 +7,7 @@ Public names are kept stable: ``ThreatModel``, ``attacks``, ``data``, ``models``
 from ._version import __version__
 from .threat import ThreatModel
 from . import attacks, data, models
-from .checkpoint import load_model, save_model
+from .storage import load_model, save_model
 from .data import load_dataset
 from .evaluation import EvaluationResult, evaluate
 from .models import build_model

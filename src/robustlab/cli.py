@@ -162,7 +162,7 @@ def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, mod
           batch_size, optimizer, lr, momentum, weight_decay, schedule, seed, nproc, sync_bn, device, quiet) -> None:
     """Train a model into a run directory (or --resume one)."""
     from .distributed import relaunch, shutdown
-    from .runs import RunSpec, train_run
+    from .runs.train import RunSpec, train_run
     from .training import TrainConfig
 
     if nproc != 1:
@@ -246,8 +246,8 @@ def attack(run, attack_name, norm, eps, steps, target, attack_option, n, batch_s
     import torch
 
     from .attacks import build_attack
-    from .checkpoint import atomic_save_safetensors, atomic_write_json, load_model
-    from .runs import load_run_data, resolve_device
+    from .storage.checkpoint import atomic_save_safetensors, atomic_write_json, load_model
+    from .runs.train import load_run_data, resolve_device
     from .threat import ThreatModel
 
     dev = resolve_device(device)
@@ -342,9 +342,9 @@ def _parse_steps(text: str) -> list[int]:
 def _evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as_json, surrogate, with_checks,
               iterations_text, with_corruptions, device, quiet, init_from_env) -> None:
     from .attacks import build_attack
-    from .checkpoint import load_model
-    from .evaluation import clean_accuracy, evaluate as run_eval
-    from .runs import load_run_data, resolve_device
+    from .storage.checkpoint import load_model
+    from .evaluation.evaluate import clean_accuracy, evaluate as run_eval
+    from .runs.train import load_run_data, resolve_device
     from .threat import ThreatModel
     from .training import write_metrics
 
@@ -384,20 +384,20 @@ def _evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as
             metrics["eps_curve"] = [{k: c[k] for k in ("eps", "robust_accuracy", "per_attack")} for c in curve]
         metrics["iterations_curve"] = None  # a curve from an earlier evaluation may not match this one
     if steps_list is not None:
-        from .curves import iterations_metrics
+        from .evaluation.curves import iterations_metrics
 
         kind = "pgd" if (attack_names or "").strip().lower() == "pgd" else "apgd"
         metrics.update(iterations_metrics(model, x, y, threats[0], steps_list, attack=kind, batch_size=batch_size,
                                           progress=not quiet))
     if with_corruptions:
-        from .corruptions import corruption_metrics
+        from .evaluation.corruptions import corruption_metrics
 
         metrics.update(corruption_metrics(model, x, y, batch_size=batch_size))
     metrics["evaluate_seconds"] = round(time.perf_counter() - t0, 2)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     if attack_names or suite:
-        from .checkpoint import atomic_write_text
+        from .storage.checkpoint import atomic_write_text
 
         # The headline result with per-sample outcomes (schema: docs/results-schema.md).
         atomic_write_text(Path(run) / "evaluation.json", curve[0]["result"].to_json(per_sample=True))
@@ -420,7 +420,7 @@ def _evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as
             click.echo(f"{name:<16} " + " ".join(f"{row[s]:7.4f}" for s in sevs))
         click.echo(f"mean corruption accuracy {metrics['mean_corruption_accuracy']:.4f}")
     if metrics.get("checks"):
-        from .checks import format_checks
+        from .evaluation.checks import format_checks
 
         click.echo(format_checks(metrics["checks"]))
     click.echo(f"metrics written to {Path(run) / 'metrics.json'}")
@@ -456,9 +456,9 @@ def demo(out, epochs, robust_epochs, train_limit, n_eval, device, quiet) -> None
 @click.option("--device", default="auto", show_default=True)
 def report(runs, out, eps, norm, n_examples, no_artifacts, device) -> None:
     """An HTML report (self-contained, with figures) on one or more runs: RUN [RUN ...]."""
-    from .artifacts import read_manifest, write_artifacts
-    from .checkpoint import MODEL_WEIGHTS
-    from .report import build_report
+    from .runs.artifacts import read_manifest, write_artifacts
+    from .storage.checkpoint import MODEL_WEIGHTS
+    from .report.build import build_report
     from .threat import ThreatModel
 
     threat = ThreatModel(norm, eps)  # bad --norm / --eps: ValueError, exit 2
@@ -517,9 +517,9 @@ def train_detector_cmd(run, attack_name, eps, norm, steps, eval_steps, attack_op
     """Train a SafetyNet-style adversarial-example detector on RUN's features; report detection
     under the plain and an adaptive attack; write OUT/detector.safetensors, detector.json, metrics.json."""
     from .attacks import build_attack
-    from .checkpoint import atomic_write_json, load_model
-    from .detector import detector_experiment
-    from .runs import load_run_data, resolve_device
+    from .storage.checkpoint import atomic_write_json, load_model
+    from .detection.detector import detector_experiment
+    from .runs.train import load_run_data, resolve_device
     from .threat import ThreatModel
 
     if n_train < 2 or n_test < 2:
@@ -599,7 +599,7 @@ def noisy_student_cmd(dataset, data_root, labelled, unlabelled, iterations, epoc
                       stochastic_depth, eps, pgd_steps, eval_n, test_limit, batch_size, lr, seed, out, device, quiet) -> None:
     """Noisy Student self-training: teacher on --labelled images, noisy students on labelled +
     pseudo-labelled --unlabelled images; clean and PGD accuracy of every generation."""
-    from .noisy_student import NoisyStudentConfig, run_noisy_student
+    from .training.noisy_student import NoisyStudentConfig, run_noisy_student
     from .training import TrainConfig
 
     cfg = NoisyStudentConfig(

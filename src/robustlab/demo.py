@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from .runs import RunSpec, train_run
+from .runs.train import RunSpec, train_run
 from .training import TrainConfig
 from .training.loop import STATE_FILE
 
@@ -76,9 +76,9 @@ def run_demo(out: Path, epochs: int = 8, robust_epochs: int = 5, device: str = "
         raise ValueError(f"train_limit must be >= 1, got {train_limit}")
     if n_eval < 1:
         raise ValueError(f"n_eval must be >= 1, got {n_eval}")
-    from .checkpoint import load_model
-    from .evaluation import evaluate
-    from .runs import load_run_data, resolve_device
+    from .storage.checkpoint import load_model
+    from .evaluation.evaluate import evaluate
+    from .runs.train import load_run_data, resolve_device
     from .threat import ThreatModel
     from .training import write_metrics
 
@@ -101,9 +101,9 @@ def run_demo(out: Path, epochs: int = 8, robust_epochs: int = 5, device: str = "
 
     click.echo(f"[3/5] attacking {n_eval} test images at Linf eps={EPS} (each attack on its own; worst case per "
                "sample), then accuracy vs eps and vs iterations, the gradient-masking checks and common corruptions")
-    from .checks import format_checks, run_checks
-    from .corruptions import corruption_metrics
-    from .curves import eps_curve, iterations_metrics
+    from .evaluation.checks import format_checks, run_checks
+    from .evaluation.corruptions import corruption_metrics
+    from .evaluation.curves import eps_curve, iterations_metrics
 
     table: dict[str, dict[str, float]] = {}
     for name, run in runs.items():
@@ -130,8 +130,8 @@ def run_demo(out: Path, epochs: int = 8, robust_epochs: int = 5, device: str = "
         click.echo(f"      {r:<12}" + "".join(f"{table[n][r]:>12.4f}" for n in table))
 
     click.echo("[4/5] report artifacts (adversarial examples, feature maps, loss surface, filters, class images)")
-    from .artifacts import write_artifacts
-    from .report import build_report
+    from .runs.artifacts import write_artifacts
+    from .report.build import build_report
 
     first = None
     for run in runs.values():

@@ -12,6 +12,8 @@ from typing import Literal
 
 import torch
 
+from ._torch import per_sample
+
 Norm = Literal["linf", "l2"]
 NORMS: tuple[str, ...] = ("linf", "l2")
 
@@ -31,11 +33,6 @@ def _flat_norm(t: torch.Tensor, norm: str) -> torch.Tensor:
     if norm == "linf":
         return flat.abs().amax(dim=1)
     return flat.norm(p=2, dim=1)
-
-
-def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape a (N,) tensor so it broadcasts against a (N, ...) tensor."""
-    return v.view(-1, *([1] * (like.dim() - 1)))
 
 
 @dataclass(frozen=True)
@@ -92,7 +89,7 @@ class ThreatModel:
         else:
             n = _flat_norm(delta, "l2")
             factor = torch.where(n > eps, eps / n.clamp_min(1e-12), torch.ones_like(n))
-            delta = delta * _per_sample(factor, delta)
+            delta = delta * per_sample(factor, delta)
         return self.clip_bounds(x + delta)
 
     def random_start(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -104,9 +101,9 @@ class ThreatModel:
             # Uniform in the L2 ball: Gaussian direction, radius ~ eps * U^(1/d).
             g = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
             d = x[0].numel()
-            direction = g / _per_sample(_flat_norm(g, "l2").clamp_min(1e-12), g)
+            direction = g / per_sample(_flat_norm(g, "l2").clamp_min(1e-12), g)
             r = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device) ** (1.0 / d)
-            delta = direction * _per_sample(r * self.eps, g)
+            delta = direction * per_sample(r * self.eps, g)
         return self.clip_bounds(x + delta)
 
     def steepest_direction(self, grad: torch.Tensor) -> torch.Tensor:
@@ -114,7 +111,7 @@ class ThreatModel:
         if self.norm == "linf":
             return grad.sign()
         n = _flat_norm(grad, "l2").clamp_min(1e-12)
-        return grad / _per_sample(n, grad)
+        return grad / per_sample(n, grad)
 
     def contains(self, x_adv: torch.Tensor, x: torch.Tensor, tol: float = 1e-5) -> torch.Tensor:
         """Per-sample bool: ``x_adv`` lies in the ball (up to ``tol``) and inside the bounds."""

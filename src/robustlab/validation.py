@@ -6,10 +6,14 @@ done, instead of a silent wrong answer or a traceback from deep inside torch.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from .threat import ThreatModel
+if TYPE_CHECKING:  # only for annotations: threat.py imports _torch, which imports this module
+    from .threat import ThreatModel
+
 
 _CHECK_ELEMENTS = 1 << 20  # elements per slice of the finiteness check (a few MB of temporaries)
 

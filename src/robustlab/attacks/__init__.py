@@ -11,7 +11,8 @@ from typing import Any
 
 from ..threat import ThreatModel
 from .apgd import APGD
-from .base import Attack, AttackResult, Crafted, is_adversarial, model_guard
+from .._torch import model_guard
+from .base import Attack, AttackResult, Crafted, is_adversarial
 from .cw import CW
 from .fgsm import FGSM, FGV
 from .losses import LOSSES, get_loss

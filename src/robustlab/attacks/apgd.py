@@ -44,7 +44,7 @@ from torch import nn
 from ..threat import ThreatModel
 from .base import Attack, is_adversarial
 from .losses import LossFn, get_loss
-from .pgd import _check_float, _check_int, _per_sample
+from .._torch import check_float, check_int, per_sample
 
 
 def checkpoints(steps: int) -> dict[int, int]:
@@ -97,13 +97,13 @@ class APGD(Attack):
         eval_mode: bool = True,
     ) -> None:
         super().__init__(threat, loss=loss, eval_mode=eval_mode, seed=seed, early_stop=early_stop)
-        self.steps = _check_int("steps", steps, 1)
-        self.restarts = _check_int("restarts", restarts, 1)
-        self.targeted_classes = _check_int("targeted_classes", targeted_classes, 0)
-        self.rho = _check_float("rho", rho, 0.0)
+        self.steps = check_int("steps", steps, 1)
+        self.restarts = check_int("restarts", restarts, 1)
+        self.targeted_classes = check_int("targeted_classes", targeted_classes, 0)
+        self.rho = check_float("rho", rho, 0.0)
         if self.rho > 1:
             raise ValueError(f"rho must be in [0, 1], got {rho!r}")
-        self.momentum = _check_float("momentum", momentum, 0.0, strict=True)
+        self.momentum = check_float("momentum", momentum, 0.0, strict=True)
         if self.momentum > 1:
             raise ValueError(f"momentum must be in (0, 1], got {momentum!r}")
         self.name = "apgd-" + ("t-" if self.targeted_classes else "") + str(self.loss_name).lower()
@@ -137,7 +137,7 @@ class APGD(Attack):
         else:
             t = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
             scale = t.flatten(1).norm(p=2, dim=1).clamp_min(1e-12)
-        return self.threat.clip_bounds(x + t * _per_sample(self.threat.eps / scale, t))
+        return self.threat.clip_bounds(x + t * per_sample(self.threat.eps / scale, t))
 
     def _attack(
         self,
@@ -233,7 +233,7 @@ class APGD(Attack):
             a = 1.0 if i == 0 else alpha
             momentum_term = xa - x_prev
             x_prev = xa
-            z = project(xa + _per_sample(eta, xa) * direction(grad), xs)
+            z = project(xa + per_sample(eta, xa) * direction(grad), xs)
             if a == 1.0:
                 xa = z
             else:
@@ -243,8 +243,8 @@ class APGD(Attack):
             self._keep_best(best, idx_full, xa, loss, succ, whole=whole)
 
             improved = loss > loss_best
-            x_best = torch.where(_per_sample(improved, xa), xa, x_best)
-            grad_best = torch.where(_per_sample(improved, xa), grad, grad_best)
+            x_best = torch.where(per_sample(improved, xa), xa, x_best)
+            grad_best = torch.where(per_sample(improved, xa), grad, grad_best)
             loss_best = torch.where(improved, loss, loss_best)
             n_incr = n_incr + (loss > loss_prev).to(n_incr.dtype)
             loss_prev = loss
@@ -257,8 +257,8 @@ class APGD(Attack):
                 reduced_last = halve
                 loss_best_last = loss_best.clone()
                 eta = torch.where(halve, eta / 2, eta)
-                xa = torch.where(_per_sample(halve, xa), x_best, xa)
-                grad = torch.where(_per_sample(halve, xa), grad_best, grad)
+                xa = torch.where(per_sample(halve, xa), x_best, xa)
+                grad = torch.where(per_sample(halve, xa), grad_best, grad)
                 n_incr = torch.zeros_like(n_incr)
 
             if self.early_stop and i + 1 < self.steps:
@@ -292,10 +292,10 @@ class APGD(Attack):
         loss = loss.to(b_loss.dtype)
         better = (succ & ~b_succ) | ((succ == b_succ) & (loss > b_loss))
         if whole:
-            torch.where(_per_sample(better, x_new), x_new, b_x, out=b_x)
+            torch.where(per_sample(better, x_new), x_new, b_x, out=b_x)
             torch.where(better, loss, b_loss, out=b_loss)
             b_succ |= succ
         else:
-            best["x"][idx] = torch.where(_per_sample(better, x_new), x_new, b_x)
+            best["x"][idx] = torch.where(per_sample(better, x_new), x_new, b_x)
             best["loss"][idx] = torch.where(better, loss, b_loss)
             best["succ"][idx] = b_succ | succ

@@ -19,32 +19,8 @@ from torch import nn
 
 from ..threat import ThreatModel
 from ..validation import check_images, check_labels, check_logits, check_same_device
+from .._torch import model_guard
 from .losses import LossFn, get_loss
-
-
-@contextlib.contextmanager
-def model_guard(model: nn.Module, eval_mode: bool = True) -> Iterator[nn.Module]:
-    """Run the body with the model in eval mode (BatchNorm statistics frozen) and its parameters
-    not requiring grad (so no ``.grad`` accumulates and no weight gradients are computed), then
-    restore every module's mode and every parameter's flag exactly."""
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    # In train mode BatchNorm would update its running statistics: keep copies to restore.
-    buffers = [] if eval_mode else [(b, b.detach().clone()) for b in model.buffers()]
-    try:
-        if eval_mode:
-            model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield model
-    finally:
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        for m, mode in modes:
-            m.training = mode
 
 
 @contextlib.contextmanager

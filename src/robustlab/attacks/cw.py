@@ -29,9 +29,10 @@ from torch import nn
 
 from ..threat import ThreatModel
 from ..validation import check_images, check_labels, check_logits, check_same_device
-from .base import Attack, AttackResult, is_adversarial, model_guard
+from .._torch import model_guard
+from .base import Attack, AttackResult, is_adversarial
 from .losses import margin
-from .pgd import _check_float, _check_int, _per_sample
+from .._torch import check_float, check_int, per_sample
 
 
 class CW(Attack):
@@ -64,11 +65,11 @@ class CW(Attack):
         seed: int | None = None,
     ) -> None:
         super().__init__(threat, loss="margin", eval_mode=eval_mode, seed=seed)
-        self.steps = _check_int("steps", steps, 1)
-        self.lr = _check_float("lr", lr, 0.0, strict=True)
-        self.confidence = _check_float("confidence", confidence, 0.0)
-        self.initial_const = _check_float("initial_const", initial_const, 0.0, strict=True)
-        self.binary_search_steps = _check_int("binary_search_steps", binary_search_steps, 1)
+        self.steps = check_int("steps", steps, 1)
+        self.lr = check_float("lr", lr, 0.0, strict=True)
+        self.confidence = check_float("confidence", confidence, 0.0)
+        self.initial_const = check_float("initial_const", initial_const, 0.0, strict=True)
+        self.binary_search_steps = check_int("binary_search_steps", binary_search_steps, 1)
         self.abort_early = bool(abort_early)
 
     def __repr__(self) -> str:
@@ -172,7 +173,7 @@ class CW(Attack):
                     l2 = l2sq.detach().sqrt()
                     closer = ok & (l2 < best_l2)
                     best_l2 = torch.where(closer, l2, best_l2)
-                    best_x = torch.where(_per_sample(closer, x), xa.detach(), best_x)
+                    best_x = torch.where(per_sample(closer, x), xa.detach(), best_x)
                     found |= ok
                 if self.abort_early and (it + 1) % patience == 0:
                     value = float(objective.detach())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._torch import per_sample
 from ..threat import ThreatModel
 from .base import Attack
 from .losses import LossFn
@@ -79,5 +80,5 @@ class FGV(FGSM):
             scale = flat.abs().amax(dim=1)
         else:
             scale = flat.norm(p=2, dim=1)
-        scale = scale.clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+        scale = per_sample(scale.clamp_min(1e-12), x)
         return self.threat.project(x + self.threat.eps * grad / scale, x)

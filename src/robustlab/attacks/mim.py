@@ -6,7 +6,8 @@ import torch
 
 from ..threat import ThreatModel
 from .losses import LossFn
-from .pgd import PGD, _check_float, _per_sample
+from .._torch import check_float, per_sample
+from .pgd import PGD
 
 
 class MIM(PGD):
@@ -36,7 +37,7 @@ class MIM(PGD):
         eval_mode: bool = True,
         seed: int | None = None,
     ) -> None:
-        self.decay = _check_float("decay", decay, 0.0)
+        self.decay = check_float("decay", decay, 0.0)
         super().__init__(
             threat,
             steps=steps,
@@ -61,5 +62,5 @@ class MIM(PGD):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         assert state is not None
         l1 = grad.flatten(1).abs().sum(dim=1).clamp_min(1e-12)
-        state = self.decay * state + grad / _per_sample(l1, grad)
+        state = self.decay * state + grad / per_sample(l1, grad)
         return self.threat.steepest_direction(state), state

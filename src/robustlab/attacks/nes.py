@@ -25,7 +25,7 @@ from torch import nn
 from ..threat import ThreatModel
 from .base import Attack, is_adversarial, resolve_step_size
 from .losses import LossFn
-from .pgd import _check_float, _check_int, _per_sample
+from .._torch import check_float, check_int, per_sample
 
 
 class NES(Attack):
@@ -61,16 +61,16 @@ class NES(Attack):
         batch_size: int = 4096,
     ) -> None:
         super().__init__(threat, loss=loss, eval_mode=eval_mode, seed=seed, early_stop=True)
-        self.steps = _check_int("steps", steps, 1)
-        self.samples = _check_int("samples", samples, 2)
+        self.steps = check_int("steps", steps, 1)
+        self.samples = check_int("samples", samples, 2)
         if self.samples % 2:
             raise ValueError(f"samples must be even (antithetic pairs), got {samples}")
-        self.sigma = _check_float("sigma", sigma, 0.0, strict=True)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.sigma = check_float("sigma", sigma, 0.0, strict=True)
+        self.batch_size = check_int("batch_size", batch_size, 1)
         if step_size is not None:
-            step_size = _check_float("step_size", step_size, 0.0, strict=True)
+            step_size = check_float("step_size", step_size, 0.0, strict=True)
         if rel_step_size is not None:
-            rel_step_size = _check_float("rel_step_size", rel_step_size, 0.0, strict=True)
+            rel_step_size = check_float("rel_step_size", rel_step_size, 0.0, strict=True)
         self.step_size = resolve_step_size(step_size, rel_step_size, threat.eps, max(2.5 / self.steps, 0.1))
 
     def __repr__(self) -> str:
@@ -126,7 +126,7 @@ class NES(Attack):
             queries[act] += self.samples + 1
             xa[act] = xc
             better = sc | (lc > best_loss[act])
-            best_x[act] = torch.where(_per_sample(better, xc), xc, best_x[act])
+            best_x[act] = torch.where(per_sample(better, xc), xc, best_x[act])
             best_loss[act] = torch.where(better, lc, best_loss[act])
             succ[act] = sc
         return best_x, queries

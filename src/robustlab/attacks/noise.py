@@ -7,7 +7,7 @@ from torch import nn
 
 from ..threat import ThreatModel
 from .base import Attack
-from .pgd import _per_sample
+from .._torch import per_sample
 
 
 class Noise(Attack):
@@ -38,5 +38,5 @@ class Noise(Attack):
         else:
             g = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
             norm = g.flatten(1).norm(p=2, dim=1).clamp_min(1e-12)
-            delta = g * _per_sample(eps / norm, g)
+            delta = g * per_sample(eps / norm, g)
         return self.threat.project(x + delta, x)

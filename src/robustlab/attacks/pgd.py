@@ -22,37 +22,10 @@ import math
 import torch
 from torch import nn
 
+from .._torch import check_float, check_int, per_sample
 from ..threat import ThreatModel
 from .base import Attack, Crafted, is_adversarial, resolve_step_size
 from .losses import LossFn
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) and not (
-        isinstance(value, float) and value.is_integer()
-    ):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
-    return value
-
-
-def _check_float(name: str, value: object, minimum: float | None = None, strict: bool = False) -> float:
-    try:
-        v = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    if minimum is not None and (v < minimum or (strict and v == minimum)):
-        rel = ">" if strict else ">="
-        raise ValueError(f"{name} must be {rel} {minimum}, got {value!r}")
-    return v
-
-
-def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
 
 
 class PGD(Attack):
@@ -95,13 +68,13 @@ class PGD(Attack):
     ) -> None:
         super().__init__(threat, loss=loss, eval_mode=eval_mode, seed=seed, early_stop=early_stop)
         self.track_best = bool(track_best)
-        self.steps = _check_int("steps", steps, 1)
-        self.restarts = _check_int("restarts", restarts, 1)
+        self.steps = check_int("steps", steps, 1)
+        self.restarts = check_int("restarts", restarts, 1)
         self.random_start = bool(random_start)
         if step_size is not None:
-            step_size = _check_float("step_size", step_size, 0.0, strict=True)
+            step_size = check_float("step_size", step_size, 0.0, strict=True)
         if rel_step_size is not None:
-            rel_step_size = _check_float("rel_step_size", rel_step_size, 0.0, strict=True)
+            rel_step_size = check_float("rel_step_size", rel_step_size, 0.0, strict=True)
         self.step_size = resolve_step_size(step_size, rel_step_size, threat.eps, self._default_rel / self.steps)
 
     def __repr__(self) -> str:
@@ -198,9 +171,9 @@ class PGD(Attack):
             # others get the last iterate.
             keep = keep_final if idx is None else keep_final[idx]
             if idx is None:
-                torch.where(_per_sample(keep, xa), best["x"], xa, out=best["x"])
+                torch.where(per_sample(keep, xa), best["x"], xa, out=best["x"])
             else:
-                best["x"][idx] = torch.where(_per_sample(keep, xa), best["x"][idx], xa)
+                best["x"][idx] = torch.where(per_sample(keep, xa), best["x"][idx], xa)
             return
         with torch.no_grad():
             logits = model(xa)
@@ -223,10 +196,10 @@ class PGD(Attack):
         loss = loss.to(b_loss.dtype)
         better = (succ & ~b_succ) | ((succ == b_succ) & (loss > b_loss))
         if idx is None:  # in place, elementwise (out= aliasing an input is safe here)
-            torch.where(_per_sample(better, x_new), x_new, b_x, out=b_x)
+            torch.where(per_sample(better, x_new), x_new, b_x, out=b_x)
             torch.where(better, loss, b_loss, out=b_loss)
             b_succ |= succ
         else:
-            best["x"][idx] = torch.where(_per_sample(better, x_new), x_new, b_x)
+            best["x"][idx] = torch.where(per_sample(better, x_new), x_new, b_x)
             best["loss"][idx] = torch.where(better, loss, b_loss)
             best["succ"][idx] = b_succ | succ

@@ -37,7 +37,7 @@ from torch import nn
 from ..threat import ThreatModel
 from .base import Attack, is_adversarial
 from .losses import LossFn
-from .pgd import _check_float, _check_int, _per_sample
+from .._torch import check_float, check_int, per_sample
 
 
 def p_schedule(p_init: float, it: int, n_iters: int) -> float:
@@ -120,11 +120,11 @@ class Square(Attack):
     ) -> None:
         # The search always stops per sample on success (early_stop is always on).
         super().__init__(threat, loss=loss, eval_mode=eval_mode, seed=seed, early_stop=True)
-        self.queries = _check_int("queries", queries, 1)
-        self.p_init = _check_float("p_init", p_init, 0.0, strict=True)
+        self.queries = check_int("queries", queries, 1)
+        self.p_init = check_float("p_init", p_init, 0.0, strict=True)
         if self.p_init > 1:
             raise ValueError(f"p_init must be in (0, 1], got {p_init!r}")
-        self.restarts = _check_int("restarts", restarts, 1)
+        self.restarts = check_int("restarts", restarts, 1)
 
     def __repr__(self) -> str:
         t = self.threat
@@ -161,7 +161,7 @@ class Square(Attack):
             ts = None if target is None else target[idx]
             xr, lr, sr, qr = self._run_once(query, x4[idx], y[idx], ts, generator)
             better = sr | (~succ[idx] & (lr > best_loss[idx]))
-            best_x[idx] = torch.where(_per_sample(better, xr), xr, best_x[idx])
+            best_x[idx] = torch.where(per_sample(better, xr), xr, best_x[idx])
             best_loss[idx] = torch.where(better, lr, best_loss[idx])
             succ[idx] = succ[idx] | sr
             queries[idx] += qr
@@ -196,7 +196,7 @@ class Square(Attack):
             loss, ok = query(x_new, y[act], ta)
             qn[act] += 1
             improved = ok | (loss > lb[act])
-            xb[act] = torch.where(_per_sample(improved, x_new), x_new, xba)
+            xb[act] = torch.where(per_sample(improved, x_new), x_new, xba)
             lb[act] = torch.where(improved, loss, lb[act])
             sb[act] = ok
         return xb, lb, sb, qn
@@ -217,12 +217,12 @@ class Square(Attack):
         cand = self.threat.project(xb + step, x)
         unchanged = (cand == xb).flatten(1).all(1)
         flipped = self.threat.project(xb - step, x)
-        return torch.where(_per_sample(unchanged, cand), flipped, cand)
+        return torch.where(per_sample(unchanged, cand), flipped, cand)
 
     # --- L2 -------------------------------------------------------------------------------------
     def _normalised(self, delta: torch.Tensor) -> torch.Tensor:
         nrm = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
-        return delta / _per_sample(nrm, delta)
+        return delta / per_sample(nrm, delta)
 
     def _l2_init(self, x: torch.Tensor, generator) -> torch.Tensor:
         n, c, h, w = x.shape

@@ -23,8 +23,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..distributed import average_buffers, dist_info, sum_across_ranks, unwrap
-from ..attacks.base import model_guard
-from ..checkpoint import (
+from .._torch import model_guard
+from ..storage.checkpoint import (
     atomic_write_json,
     atomic_write_text,
     load_state,

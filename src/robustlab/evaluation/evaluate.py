@@ -1,0 +1,94 @@
+"""``evaluate``: clean and per-sample worst-case robust accuracy of a model under an attack suite.
+
+A sample counts as robust only if it survives every attack (never an average of attacks).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .._torch import model_guard, predict
+from ..attacks.base import Attack
+from ..threat import ThreatModel
+from ..validation import check_images, check_labels, check_logits, check_same_device
+from .checks import format_checks, run_checks
+from .outcomes import AttackOutcome, EvaluationResult, run_attack
+from .suites import build_suite
+
+
+def _unique_names(attacks: Sequence[Attack]) -> list[str]:
+    names, seen = [], {}
+    for a in attacks:
+        base = getattr(a, "name", type(a).__name__.lower())
+        seen[base] = seen.get(base, 0) + 1
+        names.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+    return names
+
+
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threat: ThreatModel,
+    attacks: str | Sequence[Attack] = "standard",
+    batch_size: int = 500,
+    cascade: bool = True,
+    early_stop: bool = True,
+    progress: bool = False,
+    checks: bool = False,
+    checks_scale: float = 1.0,
+) -> EvaluationResult:
+    """Clean accuracy and per-sample worst-case robust accuracy of ``model`` under ``attacks``.
+
+    ``attacks`` is a list of Attack objects or a suite name (see :mod:`robustlab.suites`).
+    With ``early_stop`` each attack stops working on a sample once it is misclassified (the
+    accuracy is the same; only the cost drops). The attack objects passed in are not modified.
+    With ``checks=True`` the gradient-masking checks of :func:`robustlab.checks.run_checks` run
+    afterwards (against this result) and fill ``result.checks``; any WARN is also issued as a
+    ``RuntimeWarning`` with the lines of :func:`robustlab.checks.format_checks`;
+    ``checks_scale`` multiplies their step, query and draw counts.
+    """
+    check_images(x, threat)
+    check_same_device(model, x=x, y=y)
+    with torch.no_grad(), model_guard(model):
+        nc = check_logits(model(x[:1]), 1).shape[1]
+    check_labels(y, len(x), nc)
+    if isinstance(attacks, str):
+        attacks = build_suite(attacks, threat)
+    attack_list = list(attacks)
+    if not attack_list:
+        raise ValueError("attacks is empty: give at least one attack or a suite name")
+    for a in attack_list:
+        if not isinstance(a, Attack):
+            raise ValueError(f"attacks must be robustlab Attack objects, got {type(a).__name__}")
+        if a.threat != threat:
+            raise ValueError(f"{a!r} uses threat {a.threat}, but the evaluation's threat is {threat}")
+    clean_correct = (predict(model, x, batch_size) == y).cpu()
+    outcomes: list[AttackOutcome] = []
+    alive = clean_correct.clone().to(x.device)
+    for name, attack in zip(_unique_names(attack_list), attack_list):
+        a = copy.copy(attack)
+        a.early_stop = early_stop or a.early_stop
+        a.name = name
+        out = run_attack(model, x, y, a, batch_size, only=alive if cascade else None, progress=progress,
+                         clean_correct=clean_correct)
+        if cascade:
+            # Samples not attacked because an earlier attack broke them stay broken.
+            out.robust &= alive.cpu()
+            alive = alive & out.robust.to(x.device)
+        outcomes.append(out)
+    result = EvaluationResult(threat, len(x), clean_correct, outcomes, cascade)
+    if checks:
+        names = _unique_names(attack_list)
+        gradient_names = [n for n, a in zip(names, attack_list) if getattr(a, "uses_gradients", True)]
+        result.checks = run_checks(
+            model, x, y, threat, result=result, scale=checks_scale, whitebox_names=gradient_names, batch_size=batch_size
+        )
+        if any(c["status"] != "PASS" for c in result.checks):
+            warnings.warn("\n" + format_checks(result.checks), RuntimeWarning, stacklevel=2)
+    return result

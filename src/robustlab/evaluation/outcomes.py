@@ -1,0 +1,168 @@
+"""Attack outcomes: one attack run over a data set, and the evaluation result over several.
+
+Results are plain data (per-sample outcomes included) that serialise to JSON, so reports and
+comparisons read files, never models. The worst case over several attacks is taken per sample:
+a sample counts as robust only if it survives every attack (never an average of attacks).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._torch import clean_accuracy, predict
+from ..attacks.base import Attack
+from ..threat import ThreatModel
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class AttackOutcome:
+    """One attack's per-sample outcome on a data set.
+
+    ``robust[i]``: sample i is classified correctly after the attack (False where the clean
+    prediction was already wrong). ``attacked[i]``: the attack was actually run on sample i.
+    """
+
+    name: str
+    robust: torch.Tensor
+    attacked: torch.Tensor
+    norms: dict[str, torch.Tensor]
+    seconds: float
+
+    def summary(self, clean_correct: torch.Tensor) -> dict[str, Any]:
+        n = len(self.robust)
+        correct = clean_correct & self.attacked
+        fooled = correct & ~self.robust
+        out: dict[str, Any] = {
+            "robust_accuracy": float(self.robust.float().sum() / max(n, 1)),
+            "success_rate": float(fooled.float().sum() / max(int(correct.sum()), 1)),
+            "attacked": int(self.attacked.sum()),
+            "seconds": round(self.seconds, 3),
+        }
+        for k, v in self.norms.items():
+            sel = v[fooled] if fooled.any() else v[:0]
+            out[f"mean_{k}"] = float(sel.mean()) if len(sel) else 0.0
+            out[f"max_{k}"] = float(sel.max()) if len(sel) else 0.0
+        return out
+
+
+def _norms(delta: torch.Tensor) -> dict[str, torch.Tensor]:
+    flat = delta.flatten(1)
+    return {"l1": flat.abs().sum(1), "l2": flat.norm(dim=1), "linf": flat.abs().amax(1)}
+
+
+def run_attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attack: Attack,
+    batch_size: int = 500,
+    only: torch.Tensor | None = None,
+    progress: bool = False,
+    clean_correct: torch.Tensor | None = None,
+) -> AttackOutcome:
+    """Run ``attack`` on the samples selected by ``only`` (default: all correctly classified),
+    in batches, and record per-sample robustness and perturbation sizes. ``clean_correct``
+    (per-sample clean correctness) saves the clean forward pass when the caller already has it.
+
+    Under torch.distributed (``robustlab evaluate --nproc N``) the batches are dealt round-robin to
+    the ranks and the outcomes summed, so every batch holds the same samples, with the same seed,
+    as in one process: the per-sample results are identical to a single-process run."""
+    from ..distributed import dist_info
+
+    rank, world = dist_info()
+    n = len(x)
+    robust = (predict(model, x, batch_size) == y) if clean_correct is None else clean_correct.to(x.device).clone()
+    sel = robust.clone() if only is None else (only & robust)
+    idx = sel.nonzero().flatten()
+    broken = torch.zeros(n, device=x.device)
+    norms = {k: torch.zeros(n, device=x.device) for k in ("l1", "l2", "linf")}
+    t0 = time.perf_counter()
+    starts = list(range(0, len(idx), batch_size))[rank::world]
+    for i in tqdm(starts, desc=attack.name, disable=not progress or rank != 0, leave=False):
+        b = idx[i : i + batch_size]
+        res = attack.run(model, x[b], y[b])
+        broken[b] = res.success.to(broken.dtype)
+        for k, v in _norms(res.x_adv - x[b]).items():
+            norms[k][b] = v
+    if world > 1:
+        import torch.distributed as dist
+
+        for t in (broken, *norms.values()):
+            dist.all_reduce(t)  # each sample was filled by exactly one rank, zeros elsewhere
+    robust &= broken == 0
+    return AttackOutcome(attack.name, robust.cpu(), sel.cpu(), {k: v.cpu() for k, v in norms.items()}, time.perf_counter() - t0)
+
+
+@dataclass
+class EvaluationResult:
+    """Clean and robust accuracy with per-sample outcomes.
+
+    ``robust_accuracy`` is the per-sample worst case over all attacks. In ``cascade`` mode each
+    attack only runs on samples that survived the previous ones (as AutoAttack does), and
+    ``per_attack`` holds the cumulative robust accuracy after each attack; otherwise each attack
+    runs on every correctly classified sample and ``per_attack`` is its own accuracy.
+    """
+
+    threat: ThreatModel
+    n: int
+    clean_correct: torch.Tensor
+    outcomes: list[AttackOutcome]
+    cascade: bool
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def clean_accuracy(self) -> float:
+        return float(self.clean_correct.float().mean())
+
+    @property
+    def robust(self) -> torch.Tensor:
+        r = self.clean_correct.clone()
+        for o in self.outcomes:
+            r &= o.robust
+        return r
+
+    @property
+    def robust_accuracy(self) -> float:
+        return float(self.robust.float().mean())
+
+    @property
+    def per_attack(self) -> dict[str, float]:
+        return {o.name: float(o.robust.float().mean()) for o in self.outcomes}
+
+    def to_dict(self, per_sample: bool = True) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "threat": self.threat.to_dict(),
+            "n": self.n,
+            "clean_accuracy": self.clean_accuracy,
+            "robust_accuracy": self.robust_accuracy,
+            "per_attack": self.per_attack,
+            "per_attack_mode": "cumulative" if self.cascade else "independent",
+            "attacks": {o.name: o.summary(self.clean_correct) for o in self.outcomes},
+            "checks": self.checks,
+            **self.extra,
+        }
+        if per_sample:
+            d["per_sample"] = {
+                "clean_correct": self.clean_correct.int().tolist(),
+                "robust": self.robust.int().tolist(),
+                **{f"robust_{o.name}": o.robust.int().tolist() for o in self.outcomes},
+            }
+        return d
+
+    def to_json(self, per_sample: bool = True) -> str:
+        return json.dumps(self.to_dict(per_sample), indent=2)
+
+
+
+__all__ = ["SCHEMA_VERSION", "AttackOutcome", "EvaluationResult", "clean_accuracy", "predict", "run_attack"]

@@ -1,0 +1,74 @@
+"""Named attack suites for ``evaluate``: quick, standard, full.
+
+A suite is a list of attacks whose per-sample worst case is the reported robust accuracy. The
+suites follow AutoAttack (Croce & Hein 2020): a step-size-free white-box attack on CE, a targeted
+white-box attack on the scale-invariant DLR loss, and a score-based black-box attack that no
+gradient masking can stop.
+
+=========  ==================================================================================
+quick      APGD-CE, 20 steps (a fast first look; not a robustness claim)
+standard   APGD-CE 100 steps; APGD-T (targeted DLR, top-3 target classes) 100 steps;
+           Square 1000 queries
+full       APGD-CE 100 steps x 5 restarts; APGD-DLR 100 steps x 5 restarts; APGD-T (targeted
+           DLR, top-9 target classes) 100 steps; Square 5000 queries; NES 50 steps x 50 samples
+=========  ==================================================================================
+
+``scale`` multiplies every step and query budget (never below 1), so tests and smoke runs can use
+the same composition at a fraction of the cost: ``build_suite("standard", t, scale=0.1)``.
+Restart and target-class counts are not scaled. Every attack has a fixed seed, so a suite is
+reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from ..attacks.apgd import APGD
+from ..attacks.base import Attack
+from ..attacks.nes import NES
+from ..attacks.square import Square
+from ..threat import ThreatModel
+
+
+def _n(base: int, scale: float) -> int:
+    return max(1, int(round(base * scale)))
+
+
+def _quick(t: ThreatModel, scale: float = 1.0) -> list[Attack]:
+    return [APGD(t, steps=_n(20, scale), loss="ce", seed=0)]
+
+
+def _standard(t: ThreatModel, scale: float = 1.0) -> list[Attack]:
+    return [
+        APGD(t, steps=_n(100, scale), loss="ce", seed=0),
+        APGD(t, steps=_n(100, scale), loss="dlr", targeted_classes=3, seed=1),
+        Square(t, queries=_n(1000, scale), p_init=0.8, seed=2),
+    ]
+
+
+def _full(t: ThreatModel, scale: float = 1.0) -> list[Attack]:
+    return [
+        APGD(t, steps=_n(100, scale), restarts=5, loss="ce", seed=0),
+        APGD(t, steps=_n(100, scale), restarts=5, loss="dlr", seed=1),
+        APGD(t, steps=_n(100, scale), loss="dlr", targeted_classes=9, seed=2),
+        Square(t, queries=_n(5000, scale), p_init=0.8, seed=3),
+        NES(t, steps=_n(50, scale), samples=50, seed=4),
+    ]
+
+
+SUITES: dict[str, Callable[..., list[Attack]]] = {"quick": _quick, "standard": _standard, "full": _full}
+
+
+def build_suite(name: str, threat: ThreatModel, scale: float = 1.0) -> list[Attack]:
+    """The attacks of a named suite at ``threat``; ``scale`` multiplies steps and queries."""
+    key = str(name).lower()
+    if key not in SUITES:
+        raise ValueError(f"unknown suite {name!r}: expected one of {', '.join(SUITES)}")
+    try:
+        s = float(scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"scale must be a number > 0, got {scale!r}") from None
+    if not math.isfinite(s) or s <= 0:
+        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+    return SUITES[key](threat, s)

@@ -1,0 +1,193 @@
+"""Run directories: a training run from one JSON-able spec, and what lives in its folder.
+
+A run directory holds ``config.json`` (the spec: data, model, defence, training), ``model.safetensors``
+and ``model.json`` (the checkpoint), ``history.jsonl`` (one line per epoch), ``train_state.safetensors``
+(to resume) and ``metrics.json``. The CLI, the demo and the tests all go through :func:`train_run`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..storage.checkpoint import atomic_write_json, ensure_writable_dir
+from ..training.loop import STATE_FILE, TrainConfig, sharded_accuracy, train, write_metrics
+
+CONFIG_FILE = "config.json"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' picks CUDA when available, else CPU; 'cuda' without a GPU is an error."""
+    d = str(device).lower()
+    if d == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if d.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+    if d != "cpu" and not d.startswith("cuda"):
+        raise ValueError(f"unknown device {device!r}: expected auto, cpu or cuda[:N]")
+    return torch.device(d)
+
+
+@dataclass
+class RunSpec:
+    """What a training run is: data, model, defence and optimisation (all JSON-able)."""
+
+    dataset: str = "fashion-mnist"
+    data_root: str | None = None
+    train_limit: int | None = None
+    test_limit: int | None = None
+    model: str = "small-cnn"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    defense: str = "clean"
+    defense_options: dict[str, Any] = field(default_factory=dict)
+    monitor: dict[str, Any] | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown run config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+def load_split(spec: RunSpec, split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """The spec's data set split, limited to its first N samples when asked, on ``device``."""
+    from ..data import load_dataset
+
+    x, y, info = load_dataset(spec.dataset, split, root=spec.data_root)
+    limit = spec.train_limit if split == "train" else spec.test_limit
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"{split} limit must be >= 1, got {limit}")
+        x, y = x[:limit], y[:limit]
+    return x.to(device), y.to(device), info
+
+
+def build_objective(spec: RunSpec, info: Any) -> Any:
+    """The per-batch objective for ``spec.defense`` (see :mod:`robustlab.training.objectives`)."""
+    from ..training.objectives import build_objective as factory
+
+    return factory(spec.defense, **spec.defense_options)
+
+
+def build_monitor(spec: RunSpec) -> Any | None:
+    """The attack measured on a fixed test subset after every epoch (history's adv_accuracy)."""
+    if not spec.monitor:
+        return None
+    from ..attacks import build_attack
+    from ..threat import ThreatModel
+
+    m = dict(spec.monitor)
+    threat = ThreatModel(m.pop("norm", "linf"), m.pop("eps", 0.1))
+    return build_attack(m.pop("attack", "pgd"), threat, **m)
+
+
+def train_run(spec: RunSpec, run_dir: str | Path, config: TrainConfig, device: str = "auto", resume: bool = False) -> dict[str, Any]:
+    """Train (or resume) the run in ``run_dir`` and return its metrics."""
+    from ..models.zoo import build_model
+
+    from ..distributed import dist_info, init_from_env, wrap
+
+    run = Path(run_dir)
+    dev = init_from_env(resolve_device(device))
+    rank, _world = dist_info()
+    if resume:
+        cfg_path = run / CONFIG_FILE
+        if not cfg_path.is_file() or not (run / STATE_FILE).is_file():
+            raise ValueError(f"cannot resume: {run} has no {CONFIG_FILE} and {STATE_FILE} (was it started with --out {run}?)")
+        saved = json.loads(cfg_path.read_text())
+        spec = RunSpec.from_dict(saved["spec"])
+        tc = dict(saved["training"])
+        tc["progress"] = config.progress
+        config = TrainConfig(**tc)
+    else:
+        if (run / STATE_FILE).exists():
+            raise ValueError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
+    x_tr, y_tr, info = load_split(spec, "train", dev)
+    x_te, y_te, _ = load_split(spec, "test", dev)
+    c, h, _w = info.shape
+    torch.manual_seed(config.seed)
+    opts = dict(spec.model_options)
+    if spec.model != "resnet18" and opts.get("input_size", h) != h:  # resnet18 pools globally
+        raise ValueError(f"model option input_size={opts['input_size']!r} does not match the {info.name} images ({h}x{_w})")
+    opts.setdefault("input_size", h)
+    model = build_model(spec.model, info.num_classes, c, **opts).to(dev)
+    monitor = build_monitor(spec)
+    ensure_writable_dir(run)  # a read-only or unwritable --out fails here, before any training
+    if not resume and rank == 0:
+        atomic_write_json(run / CONFIG_FILE, {"spec": spec.to_dict(), "training": config.to_dict()})
+    metadata = {"dataset": info.to_dict(), "spec": spec.to_dict()}
+    if spec.defense == "offline":
+        return _offline_run(spec, run, config, (x_tr, y_tr), (x_te, y_te), info, opts, metadata, resume)
+    objective = build_objective(spec, info)
+    model = wrap(model, dev, config.sync_batchnorm)
+    result = train(
+        model,
+        objective,
+        (x_tr, y_tr),
+        (x_te, y_te),
+        config,
+        run_dir=run,
+        resume=resume,
+        monitor_attack=monitor,
+        metadata=metadata,
+    )
+    metrics = {
+        "clean_accuracy": sharded_accuracy(model, x_te, y_te, config.eval_batch_size),
+        "test_samples": int(len(y_te)),
+        "epochs": config.epochs,
+        "train_seconds": round(sum(h.get("seconds", 0.0) for h in result.history), 2),
+    }
+    if result.history and "adv_accuracy" in result.history[-1]:
+        metrics["monitor_adv_accuracy"] = result.history[-1]["adv_accuracy"]
+    if rank == 0:
+        write_metrics(run, metrics)
+    return metrics
+
+
+def load_run_data(run_dir: str | Path, split: str = "test", device: str | torch.device = "cpu", limit: int | None = None):
+    """The data set a run was trained on (from its config), for evaluation."""
+    run = Path(run_dir)
+    cfg_path = run / CONFIG_FILE
+    if cfg_path.is_file():
+        spec = RunSpec.from_dict(json.loads(cfg_path.read_text())["spec"])
+    else:
+        from ..storage.checkpoint import read_model_metadata
+
+        meta = read_model_metadata(run)
+        spec = RunSpec(dataset=meta.get("dataset", {}).get("name", "fashion-mnist"))
+    spec.test_limit = limit if limit is not None else spec.test_limit
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    return load_split(spec, split, dev)
+
+
+def _offline_run(spec: RunSpec, run: Path, config: TrainConfig, train_data, test_data, info, opts, metadata, resume: bool) -> dict[str, Any]:
+    """The slides' offline retraining pipeline (see :mod:`robustlab.training.offline`)."""
+    from ..models.zoo import build_model
+    from ..training.offline import offline_retraining
+
+    if resume:
+        raise ValueError("the offline pipeline cannot resume; start it again with a new --out")
+    unknown = set(spec.defense_options) - {"eps", "norm"}
+    if unknown:
+        raise ValueError(f"unknown option(s) for defense 'offline': {', '.join(sorted(unknown))}; allowed: eps, norm")
+    c = info.shape[0]
+    dev = train_data[0].device
+
+    def make_model():
+        return build_model(spec.model, info.num_classes, c, **opts).to(dev)
+
+    model, metrics = offline_retraining(make_model, train_data, test_data, config, run_dir=run, metadata=metadata,
+                                        **spec.defense_options)
+    metrics.update({"clean_accuracy": metrics["retrained_clean_accuracy"], "test_samples": int(len(test_data[1])),
+                    "epochs": config.epochs})
+    write_metrics(run, metrics)
+    return metrics

@@ -1,0 +1,77 @@
+"""The run directory: every file name that train, evaluate, attack and report share, and the
+readers of the files more than one of them reads.
+
+A run directory (``robustlab train --out RUN``) holds::
+
+    config.json              the run's spec and training settings (resume refuses other settings)
+    model.safetensors        weights            model.json    architecture, metadata, versions
+    train_state.safetensors  optimiser, schedule, RNG and position, for resume
+    history.jsonl            one line per finished epoch
+    metrics.json             clean_accuracy, then robust_accuracy / per_attack once evaluated
+    evaluation.json          the last evaluation's per-sample outcomes
+    artifacts/artifacts.json tensors a report draws (examples, feature maps, ...), one file each
+    report.html              the self-contained report
+
+It lives in ``storage`` rather than ``runs`` because training (below ``runs`` in the import
+order) writes most of these files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "config.json"
+MODEL_WEIGHTS = "model.safetensors"
+MODEL_META = "model.json"
+STATE_FILE = "train_state.safetensors"
+HISTORY_FILE = "history.jsonl"
+METRICS_FILE = "metrics.json"
+EVALUATION_FILE = "evaluation.json"
+ARTIFACTS_DIR = "artifacts"
+MANIFEST = "artifacts.json"
+REPORT_FILE = "report.html"
+DETECTOR_WEIGHTS = "detector.safetensors"
+DETECTOR_META = "detector.json"
+ATTACK_EXAMPLES = "adversarial.safetensors"
+ATTACK_SUMMARY = "summary.json"
+
+
+def read_json(path: str | Path) -> Any | None:
+    """A JSON file's content, or None when it is missing or unreadable (for readers that show
+    what there is, such as reports)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def read_history(run_dir: str | Path, strict: bool = True) -> list[dict[str, Any]]:
+    """``history.jsonl`` as a list of dicts ([] when the file is missing).
+
+    The loop rewrites the file atomically, so a line that does not parse means the file was
+    damaged by something else: ``strict`` (the default) raises a ValueError naming the file and
+    line; ``strict=False`` skips such lines (a report shows what it can)."""
+    p = Path(run_dir) / HISTORY_FILE
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError):
+        if strict:
+            raise
+        return []
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+        except ValueError:
+            d = None
+        if isinstance(d, dict):
+            out.append(d)
+        elif strict:
+            raise ValueError(f"{p}: line {i} is not a JSON object: {line[:80]!r}")
+    return out
