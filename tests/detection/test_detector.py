@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from robustlab.attacks import PGD
-from robustlab.storage import CheckpointError, save_model
 from robustlab.detection import (
     AdaptiveDetectorAttack,
     Detector,
@@ -23,6 +23,8 @@ from robustlab.detection import (
     tpr_at_fpr,
     train_detector,
 )
+from robustlab.runs.train import load_run_data
+from robustlab.storage import CheckpointError, save_model
 from robustlab.threat import ThreatModel
 
 THREAT = ThreatModel("linf", 0.1)
@@ -34,6 +36,21 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+def _assert_attack_metrics(r, y, clean_logits, d_clean, adv_logits, d_adv, threshold):
+    """One attack's numbers from evaluate_detector, recomputed here from the scores (AUC by sklearn)."""
+    from sklearn.metrics import roc_auc_score
+
+    correct, fooled, flagged = clean_logits.argmax(1) == y, adv_logits.argmax(1) != y, d_adv > threshold
+    labels = torch.cat([torch.zeros(len(d_clean)), torch.ones(len(d_adv))])
+    assert r["roc_auc"] == pytest.approx(roc_auc_score(labels.numpy(), torch.cat([d_clean, d_adv]).numpy()), abs=1e-9)
+    assert r["success_rate"] == pytest.approx(fooled.double().mean().item())
+    assert r["success_rate_on_correct"] == pytest.approx(((fooled & correct).sum() / correct.sum()).item())
+    assert r["detection_rate"] == pytest.approx(flagged.double().mean().item())
+    assert r["detection_rate_on_successful"] == pytest.approx(((flagged & fooled).sum() / fooled.sum()).item())
+    assert r["fool_and_evade"] == pytest.approx((fooled & ~flagged).double().mean().item())
+    assert r["tpr_at_fpr"] == r["detection_rate"]  # the same calibrated threshold
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +71,11 @@ def test_roc_auc_matches_sklearn_with_ties():
     assert roc_auc(torch.tensor([0.0, 1.0]), torch.tensor([0, 1])) == 1.0
     assert roc_auc(torch.tensor([1.0, 0.0]), torch.tensor([0, 1])) == 0.0
     assert roc_auc(torch.ones(4), torch.tensor([0, 1, 0, 1])) == 0.5
+    # by hand: of the 4 (positive, negative) pairs, 0.35 > 0.1, 0.8 > 0.1 and 0.8 > 0.4 are ordered right
+    assert roc_auc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1])) == 0.75
+    # a tie between a positive and a negative counts one half: (1 + 0.5 + 1 + 1) / 4
+    assert roc_auc(torch.tensor([0.1, 0.4, 0.4, 0.8]), torch.tensor([0, 0, 1, 1])) == 0.875
+    assert math.isnan(roc_auc(torch.tensor([0.1, 0.2]), torch.tensor([1, 1])))  # one class only
 
 
 def test_roc_curve_and_tpr_at_fpr():
@@ -91,6 +113,11 @@ def test_detector_trains_and_separates_plain_pgd(trained, digits_model):
     assert det.info["training"]["train_accuracy"] > 0.6
     res = evaluate_detector(digits_model, det, x, y, {"plain": PGD(THREAT, steps=20, seed=1)})
     assert res["false_positive_rate"] <= 0.05
+    clean_logits, d_clean = det.scores(digits_model, x)
+    assert res["threshold"] == det.threshold == threshold_at_fpr(d_clean, 0.05)
+    assert res["false_positive_rate"] == pytest.approx((d_clean > det.threshold).double().mean().item())
+    adv_logits, d_adv = det.scores(digits_model, PGD(THREAT, steps=20, seed=1)(digits_model, x, y))
+    _assert_attack_metrics(res["plain"], y, clean_logits, d_clean, adv_logits, d_adv, det.threshold)
     assert res["plain"]["roc_auc"] > 0.6
     assert res["plain"]["detection_rate"] > 0.1  # well above the 5% false alarms
     assert res["plain"]["success_rate"] > 0.2
@@ -169,6 +196,11 @@ def test_detector_save_load_round_trip(trained, digits_model, tmp_path):
     (tmp_path / "d" / "detector.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="shape"):
         Detector.load(tmp_path / "d")
+    meta["architecture"]["hidden"] = [64]
+    (tmp_path / "d" / "detector.json").write_text(json.dumps(dict(meta, format_version=2)))
+    with pytest.raises(CheckpointError, match="format_version"):
+        Detector.load(tmp_path / "d")
+    (tmp_path / "d" / "detector.json").write_text(json.dumps(meta))
     (tmp_path / "d" / "detector.safetensors").write_bytes(b"\x80\x04pickle")
     with pytest.raises(CheckpointError, match="pickle"):
         Detector.load(tmp_path / "d")
@@ -196,8 +228,18 @@ def test_cli_train_detector(digits_model, tmp_path):
     assert {p.name for p in out.iterdir()} >= {"detector.safetensors", "detector.json", "metrics.json"}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == 120 and metrics["n_train"] == 300
-    for k in ("roc_auc", "detection_rate", "tpr_at_fpr", "success_rate", "fool_and_evade"):
-        assert 0.0 <= metrics["plain"][k] <= 1.0 and 0.0 <= metrics["adaptive"][k] <= 1.0
-    assert Detector.load(out).layer == "classifier.4"
+    # recompute the numbers from the saved detector, the run's test images and the same attacks
+    det = Detector.load(out)
+    assert det.layer == "classifier.4" and det.threshold == metrics["threshold"]
+    x, y, _ = load_run_data(run, "test", "cpu", limit=120)
+    clean_logits, d_clean = det.scores(digits_model, x)
+    assert metrics["clean_accuracy"] == pytest.approx((clean_logits.argmax(1) == y).double().mean().item())
+    assert metrics["false_positive_rate"] == pytest.approx((d_clean > det.threshold).double().mean().item())
+    attacks = {"plain": PGD(THREAT, steps=5, seed=1),  # the CLI's evaluation attack: --seed 0, plus 1
+               "adaptive": AdaptiveDetectorAttack(THREAT, digits_model, det, steps=5, lam=1.0, loss="margin",
+                                                  kappa=1.0, det_margin=1.0, seed=0)}
+    for name, attack in attacks.items():
+        adv_logits, d_adv = det.scores(digits_model, attack(digits_model, x, y))
+        _assert_attack_metrics(metrics[name], y, clean_logits, d_clean, adv_logits, d_adv, det.threshold)
     bad = CliRunner().invoke(main, ["train-detector", str(run), "--fpr", "2", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "--fpr" in bad.output

@@ -9,9 +9,8 @@ import pytest
 import torch
 
 import robustlab
-from robustlab.storage import checkpoint
-from robustlab.storage import CheckpointError, load_model, load_state, save_model, save_state
 from robustlab.models import build_model
+from robustlab.storage import CheckpointError, atomic, checkpoint, load_model, load_state, save_model, save_state
 
 
 def _model(**opts):
@@ -131,9 +130,10 @@ def test_atomic_write_leaves_old_file_when_interrupted(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.os, "replace", broken_replace)
-    with pytest.raises(OSError, match="No space"):
+    monkeypatch.setattr(atomic.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="No space") as err:
         save_model(_model(hidden=64), run)
+    assert f"cannot write {run / 'model.safetensors'}" in str(err.value)  # the destination, not the temp file
     assert (run / "model.safetensors").read_bytes() == before
     assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []
 
@@ -175,3 +175,43 @@ def test_stale_temp_files_are_removed_and_committed_files_kept(tmp_path):
     assert sorted(remove_stale_temp_files(tmp_path)) == sorted(stale)
     assert all(not p.exists() for p in stale) and all(p.exists() for p in keep)
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"a": 1}
+
+
+def test_safetensors_files_are_written_by_the_one_atomic_write(tmp_path, monkeypatch):
+    """Weights, training state and JSON all go through atomic_write_bytes: same mode as a plain
+    open() under the umask, content readable back, and no other writer involved."""
+    from robustlab.storage import atomic_save_safetensors, read_safetensors
+
+    written = []
+    real = atomic.atomic_write_bytes
+    monkeypatch.setattr(atomic, "atomic_write_bytes", lambda path, data: (written.append(Path(path).name), real(path, data)))
+    old = os.umask(0o027)
+    try:
+        atomic_save_safetensors({"a": torch.arange(6.0).view(2, 3).t()}, tmp_path / "t.safetensors", metadata={"k": "v"})
+        save_state(tmp_path / "s.safetensors", {"x": torch.ones(2)})
+    finally:
+        os.umask(old)
+    assert written == ["t.safetensors", "s.safetensors"]
+    assert (tmp_path / "t.safetensors").stat().st_mode & 0o777 == 0o640
+    assert torch.equal(read_safetensors(tmp_path / "t.safetensors")["a"], torch.arange(6.0).view(2, 3).t())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.safetensors", "t.safetensors"]  # no temp file left
+
+
+def test_json_records_are_checked_for_format_and_version(tmp_path):
+    from robustlab.storage import read_json_record, read_model_metadata
+
+    run = tmp_path / "run"
+    save_model(_model(), run)
+    meta = json.loads((run / "model.json").read_text())
+    assert read_json_record(run / "model.json", "robustlab-model", 1, "model") == meta
+    with pytest.raises(CheckpointError, match="not a robustlab detector record"):
+        read_json_record(run / "model.json", "robustlab-detector", 1, "detector")
+    with pytest.raises(CheckpointError, match="detector metadata not found"):
+        read_json_record(tmp_path / "none.json", "robustlab-detector", 1, "detector")
+    for bad in (2, 0, "1", True, None):
+        (run / "model.json").write_text(json.dumps(dict(meta, format_version=bad)))
+        with pytest.raises(CheckpointError, match="format_version"):
+            read_model_metadata(run)
+    (run / "model.json").write_text(json.dumps([meta]))
+    with pytest.raises(CheckpointError, match="not a robustlab model record"):
+        load_model(run)
