@@ -13,7 +13,7 @@ import time
 
 from robustlab import ThreatModel, load_model
 from robustlab.attacks import build_attack
-from robustlab.evaluation.evaluate import clean_accuracy, evaluate, predict
+from robustlab.evaluation import clean_accuracy, evaluate, predict
 from robustlab.runs.train import load_run_data
 
 

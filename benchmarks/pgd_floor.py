@@ -35,6 +35,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from peerbench.common import floor_passes  # benchmarks/ is this script's folder, first on sys.path
 from robustlab import ThreatModel
 from robustlab.attacks import PGD
 from robustlab.models.zoo import build_model
@@ -46,7 +47,7 @@ def load_data(n: int):
 
         x, y, _ = load_dataset("fashion-mnist", "test")
         return x[:n].contiguous(), y[:n].contiguous(), "fashion-mnist test"
-    except Exception as e:  # noqa: BLE001 - any failure means: fall back to random inputs
+    except Exception as e:
         print(f"(robustlab.data unavailable: {type(e).__name__}: {e}; using random inputs)", file=sys.stderr)
         g = torch.Generator().manual_seed(0)
         return torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g), "random"
@@ -68,7 +69,7 @@ def load_model(checkpoint: str | None, train_steps: int) -> tuple[torch.nn.Modul
         from robustlab.data import load_dataset
 
         xt, yt, _ = load_dataset("fashion-mnist", "train")
-    except Exception:  # noqa: BLE001
+    except Exception:
         return model, "small-cnn, random init (no training data)"
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(0)
@@ -85,17 +86,7 @@ def floor_cl(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: in
     from robustlab.attacks.base import channels_last_weights
 
     with channels_last_weights(model):
-        floor(model, x.contiguous(memory_format=torch.channels_last), y, steps)
-
-
-def floor(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> None:
-    x_adv = x.clone()
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        loss = F.cross_entropy(model(x_adv), y)
-        (grad,) = torch.autograd.grad(loss, x_adv)
-        x_adv = x_adv.detach()
-    del grad
+        floor_passes(model, x.contiguous(memory_format=torch.channels_last), y, steps)
 
 
 def main() -> None:
@@ -125,7 +116,7 @@ def main() -> None:
     robust: dict[str, float] = {}
 
     def run_floor() -> None:
-        floor(model, x, y, args.steps)
+        floor_passes(model, x, y, args.steps)
 
     def run_forward() -> None:
         with torch.no_grad():
@@ -140,8 +131,8 @@ def main() -> None:
         robust["pgd+early-stop" if es else "pgd"] = 1 - res.success.float().mean().item()
 
     plain_adv: list[torch.Tensor] = []
-    configs = {"floor": run_floor, "floor-cl": lambda: floor_cl(model, x, y, args.steps), "forward": run_forward, "pgd-plain": run_plain, "pgd": lambda: run_pgd(False),
-               "pgd+early-stop": lambda: run_pgd(True)}
+    configs = {"floor": run_floor, "floor-cl": lambda: floor_cl(model, x, y, args.steps), "forward": run_forward,
+               "pgd-plain": run_plain, "pgd": lambda: run_pgd(False), "pgd+early-stop": lambda: run_pgd(True)}
     for fn in configs.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {k: [] for k in configs}
