@@ -69,9 +69,13 @@ class ThreatModel:
         return ThreatModel(self.norm, eps, self.bounds)
 
     # --- geometry -------------------------------------------------------------------------
+    def magnitude(self, delta: torch.Tensor) -> torch.Tensor:
+        """Per-sample magnitude ``||delta||`` in this threat model's norm, shape (N,)."""
+        return _flat_norm(delta, self.norm)
+
     def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Per-sample distance ``||a - b||`` in this threat model's norm, shape (N,)."""
-        return _flat_norm(a - b, self.norm)
+        return self.magnitude(a - b)
 
     def clip_bounds(self, x: torch.Tensor) -> torch.Tensor:
         return x.clamp(self.bounds[0], self.bounds[1])

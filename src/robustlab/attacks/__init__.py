@@ -6,12 +6,12 @@ is the registry (a plain dict, name -> class).
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
+from .._torch import model_guard
+from ..registry import check_options, keyword_options, lookup
 from ..threat import ThreatModel
 from .apgd import APGD
-from .._torch import model_guard
 from .base import Attack, AttackResult, Crafted, is_adversarial
 from .cw import CW
 from .fgsm import FGSM, FGV
@@ -39,26 +39,14 @@ ATTACKS: dict[str, type[Attack]] = {
 
 def attack_options(cls: type[Attack]) -> list[str] | None:
     """The keyword options an attack class accepts (None if it takes ``**kwargs``)."""
-    params = list(inspect.signature(cls.__init__).parameters.values())[1:]  # drop self
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    return [p.name for p in params if p.name != "threat" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    return keyword_options(cls, skip=("threat",))
 
 
 def build_attack(name: str, threat: ThreatModel, **options: Any) -> Attack:
     """Build a registered attack by name (case-insensitive). Unknown names and unknown options
     are a ValueError (a typo must not silently give a weaker attack)."""
-    key = str(name).strip().lower()
-    if key not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}: expected one of {', '.join(sorted(ATTACKS))}")
-    cls = ATTACKS[key]
-    allowed = attack_options(cls)
-    if allowed is not None:
-        unknown = sorted(set(options) - set(allowed))
-        if unknown:
-            raise ValueError(
-                f"unknown option(s) for attack {key!r}: {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
-            )
+    key, cls = lookup(ATTACKS, name, "attack")
+    check_options(cls, options, f"attack {key!r}", skip=("threat",))
     return cls(threat, **options)
 
 

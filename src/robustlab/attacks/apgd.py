@@ -41,10 +41,11 @@ import warnings
 import torch
 from torch import nn
 
+from .._torch import check_float, check_int, per_sample
 from ..threat import ThreatModel
+from ._best import BestPoints
 from .base import Attack, is_adversarial
 from .losses import LossFn, get_loss
-from .._torch import check_float, check_int, per_sample
 
 
 def checkpoints(steps: int) -> dict[int, int]:
@@ -133,10 +134,9 @@ class APGD(Attack):
         """A random point on the sphere of the ball (as the reference), clipped to the bounds."""
         if self.threat.norm == "linf":
             t = 2 * torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device) - 1
-            scale = t.flatten(1).abs().amax(1).clamp_min(1e-12)
         else:
             t = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-            scale = t.flatten(1).norm(p=2, dim=1).clamp_min(1e-12)
+        scale = self.threat.magnitude(t).clamp_min(1e-12)
         return self.threat.clip_bounds(x + t * per_sample(self.threat.eps / scale, t))
 
     def _attack(
@@ -153,12 +153,8 @@ class APGD(Attack):
         num_classes = logits0.shape[1]
         if target is not None and self.targeted_classes:
             raise ValueError("APGD with targeted_classes > 0 chooses its own targets: do not pass target=")
-        best = {
-            "x": x.clone(),
-            "loss": torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device),
-            # samples already misclassified (or already at the target) need no attack
-            "succ": is_adversarial(logits0, y, target),
-        }
+        # samples already misclassified (or already at the target) need no attack
+        best = BestPoints.unscored(x, is_adversarial(logits0, y, target))
         if self.targeted_classes:
             k = min(self.targeted_classes, num_classes - 1)
             ranked = logits0.scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
@@ -172,13 +168,13 @@ class APGD(Attack):
                 # Draw the start for the whole batch so the same seed gives the same starts
                 # whichever samples are still active.
                 start = self._start(x, generator)
-                idx = (~best["succ"]).nonzero().squeeze(1)  # host sync between runs only
+                idx = best.pending()  # host sync between runs only
                 if idx.numel() == 0:
-                    return best["x"]
+                    return best.x
                 if idx.numel() == n:
                     idx = None
                 self._run_once(model, loss_fn, x, y, loss_target, succ_target, start, idx, best)
-        return best["x"]
+        return best.x
 
     def _run_once(
         self,
@@ -190,7 +186,7 @@ class APGD(Attack):
         succ_target: torch.Tensor | None,
         start: torch.Tensor,
         idx: torch.Tensor | None,
-        best: dict[str, torch.Tensor],
+        best: BestPoints,
     ) -> None:
         def sub(t: torch.Tensor | None) -> torch.Tensor | None:
             return t if (t is None or idx is None) else t[idx]
@@ -201,22 +197,14 @@ class APGD(Attack):
         direction = self.threat.steepest_direction
         alpha = self.momentum
 
-        def loss_and_grad(xa: torch.Tensor, ys: torch.Tensor, lt: torch.Tensor | None):
-            xa = xa.detach().requires_grad_(True)
-            with torch.enable_grad():
-                logits = model(xa)
-                loss = loss_fn(logits, ys, lt)
-                (grad,) = torch.autograd.grad(loss.sum(), xa)
-            return loss.detach().to(xa.dtype), grad.detach(), logits.detach()
+        def loss_and_grad(
+            xa: torch.Tensor, ys: torch.Tensor, lt: torch.Tensor | None
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            loss, grad, logits = self._loss_and_grad(model, xa, ys, lt, loss_fn)
+            return loss.to(xa.dtype), grad, logits
 
         loss, grad, logits = loss_and_grad(xa, ys, lt)
-        if idx is None:
-            # keep a global index so that early stop can compact the active set
-            idx_full = torch.arange(x.shape[0], device=x.device)
-        else:
-            idx_full = idx
-        succ = is_adversarial(logits, ys, stt)
-        self._keep_best(best, idx_full, xa, loss, succ, whole=idx is None)
+        best.update(xa, loss, is_adversarial(logits, ys, stt), idx)
 
         # per-sample state of this run
         x_prev = xa.clone()
@@ -226,7 +214,6 @@ class APGD(Attack):
         loss_best_last = loss_best.clone()
         reduced_last = torch.ones_like(loss, dtype=torch.bool)
         eta = torch.full_like(loss, 2.0 * self.threat.eps)
-        whole = idx is None
         schedule = checkpoints(self.steps)
 
         for i in range(self.steps):
@@ -240,7 +227,7 @@ class APGD(Attack):
                 xa = project(xa + a * (z - xa) + (1 - a) * momentum_term, xs)
             loss, grad, logits = loss_and_grad(xa, ys, lt)
             succ = is_adversarial(logits, ys, stt)
-            self._keep_best(best, idx_full, xa, loss, succ, whole=whole)
+            best.update(xa, loss, succ, idx)
 
             improved = loss > loss_best
             x_best = torch.where(per_sample(improved, xa), xa, x_best)
@@ -264,10 +251,10 @@ class APGD(Attack):
             if self.early_stop and i + 1 < self.steps:
                 keep = ~succ
                 if not bool(keep.all()):  # host sync: only in early-stop mode
-                    idx_full = idx_full[keep]
-                    if idx_full.numel() == 0:
+                    # the batch indices of the samples still active
+                    idx = (torch.arange(x.shape[0], device=x.device) if idx is None else idx)[keep]
+                    if idx.numel() == 0:
                         return
-                    whole = False
                     xa, grad, xs, ys = xa[keep], grad[keep], xs[keep], ys[keep]
                     lt = None if lt is None else lt[keep]
                     stt = None if stt is None else stt[keep]
@@ -275,27 +262,3 @@ class APGD(Attack):
                     loss_best, loss_prev, n_incr = loss_best[keep], loss_prev[keep], n_incr[keep]
                     loss_best_last, reduced_last, eta = loss_best_last[keep], reduced_last[keep], eta[keep]
 
-    @staticmethod
-    def _keep_best(
-        best: dict[str, torch.Tensor],
-        idx: torch.Tensor,
-        x_new: torch.Tensor,
-        loss: torch.Tensor,
-        succ: torch.Tensor,
-        whole: bool,
-    ) -> None:
-        """Per sample: a successful point beats an unsuccessful one; among equals, higher loss."""
-        if whole:
-            b_x, b_loss, b_succ = best["x"], best["loss"], best["succ"]
-        else:
-            b_x, b_loss, b_succ = best["x"][idx], best["loss"][idx], best["succ"][idx]
-        loss = loss.to(b_loss.dtype)
-        better = (succ & ~b_succ) | ((succ == b_succ) & (loss > b_loss))
-        if whole:
-            torch.where(per_sample(better, x_new), x_new, b_x, out=b_x)
-            torch.where(better, loss, b_loss, out=b_loss)
-            b_succ |= succ
-        else:
-            best["x"][idx] = torch.where(per_sample(better, x_new), x_new, b_x)
-            best["loss"][idx] = torch.where(better, loss, b_loss)
-            best["succ"][idx] = b_succ | succ

@@ -9,17 +9,17 @@ the caller's ``x`` is never written to. Subclasses implement ``_attack`` as one 
 from __future__ import annotations
 
 import contextlib
-import math
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from .._torch import check_float, model_guard
 from ..threat import ThreatModel
 from ..validation import check_images, check_labels, check_logits, check_same_device
-from .._torch import model_guard
 from .losses import LossFn, get_loss
 
 
@@ -81,6 +81,18 @@ def is_adversarial(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor |
     if target is not None:
         return pred == target
     return (pred != y) | ~torch.isfinite(logits).all(dim=1)
+
+
+def attack_labels(logits: torch.Tensor, n: int, y: torch.Tensor | None, target: torch.Tensor | None) -> torch.Tensor:
+    """The labels of a batch of ``n`` to attack: ``y``, or the predictions in ``logits`` when None;
+    ``y`` and ``target`` are checked against the model's class count (``logits.shape[1]``)."""
+    num_classes = logits.shape[1]
+    if y is None:
+        y = logits.argmax(1)
+    check_labels(y, n, num_classes, "y")
+    if target is not None:
+        check_labels(target, n, num_classes, "target")
+    return y
 
 
 class Attack(ABC):
@@ -150,11 +162,7 @@ class Attack(ABC):
     def _execute(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, target: torch.Tensor | None, measure: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        check_images(x, self.threat)
-        check_same_device(model, x=x, y=y, target=target)
-        x0 = x.detach().clone()
+        x0 = self._checked_copy(model, x, y, target)
         with model_guard(model, self.eval_mode), contextlib.ExitStack() as layout:
             use_cl = self._wants_channels_last(model, x0)
             xw = x0
@@ -174,12 +182,7 @@ class Attack(ABC):
                     probe = xw if y is None else xw[:1]
                     out = model(probe)
                 logits = check_logits(out, probe.shape[0])
-            num_classes = logits.shape[1]
-            if y is None:
-                y = logits.argmax(1)
-            check_labels(y, x0.shape[0], num_classes, "y")
-            if target is not None:
-                check_labels(target, x0.shape[0], num_classes, "target")
+            y = attack_labels(logits, x0.shape[0], y, target)
             generator = self._generator(x0.device)
             success = None
             if self.threat.eps == 0:
@@ -204,6 +207,16 @@ class Attack(ABC):
                     success = is_adversarial(model(projected), y, target)
             x_adv = projected.contiguous(memory_format=torch.contiguous_format) if use_cl else projected
         return x_adv, (success if measure else None), self.threat.distance(x_adv, x0), queries
+
+    def _checked_copy(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, target: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Check a call's model, images and devices; return a private detached copy of ``x``."""
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_images(x, self.threat)
+        check_same_device(model, x=x, y=y, target=target)
+        return x.detach().clone()
 
     def _wants_channels_last(self, model: nn.Module, x: torch.Tensor) -> bool:
         if self.channels_last is not None:
@@ -239,27 +252,30 @@ class Attack(ABC):
         return g
 
     def _loss_and_grad(
-        self, model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
+        self,
+        model: nn.Module,
+        x_adv: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor | None,
+        loss_fn: LossFn | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One forward+backward: per-sample loss, its input gradient, and the logits (detached),
-        so the same pass serves the update and the success check."""
+        """One forward+backward: per-sample loss (``loss_fn``, default the attack's), its input
+        gradient, and the logits (detached), so the same pass serves the update and the success
+        check."""
         x_adv = x_adv.detach().requires_grad_(True)
         with torch.enable_grad():
             logits = model(x_adv)
-            loss = self.loss_fn(logits, y, target)
+            loss = (self.loss_fn if loss_fn is None else loss_fn)(logits, y, target)
             (grad,) = torch.autograd.grad(loss.sum(), x_adv)
         return loss.detach(), grad.detach(), logits.detach()
 
 
 def resolve_step_size(step_size: float | None, rel_step_size: float | None, eps: float, default_rel: float) -> float:
-    """An absolute step size from either an absolute value or a fraction of eps."""
+    """An absolute step size from either an absolute value or a fraction of eps (each, when
+    given, a finite number > 0; ``default_rel`` when neither is)."""
     if step_size is not None and rel_step_size is not None:
         raise ValueError("give step_size or rel_step_size, not both")
     if step_size is not None:
-        if not math.isfinite(step_size) or step_size <= 0:
-            raise ValueError(f"step_size must be > 0, got {step_size}")
-        return float(step_size)
-    rel = default_rel if rel_step_size is None else rel_step_size
-    if not math.isfinite(rel) or rel <= 0:
-        raise ValueError(f"rel_step_size must be > 0, got {rel}")
+        return check_float("step_size", step_size, 0.0, strict=True)
+    rel = default_rel if rel_step_size is None else check_float("rel_step_size", rel_step_size, 0.0, strict=True)
     return float(rel) * eps

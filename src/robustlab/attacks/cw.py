@@ -27,12 +27,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._torch import check_float, check_int, model_guard, per_sample
 from ..threat import ThreatModel
-from ..validation import check_images, check_labels, check_logits, check_same_device
-from .._torch import model_guard
-from .base import Attack, AttackResult, is_adversarial
+from ..validation import check_logits
+from .base import Attack, AttackResult, attack_labels, is_adversarial
 from .losses import margin
-from .._torch import check_float, check_int, per_sample
 
 
 class CW(Attack):
@@ -89,20 +88,11 @@ class CW(Attack):
         forward pass on the returned examples; ``distance`` is the L2 distance to ``x``;
         ``extra["const"]`` holds the final trade-off constant per sample.
         """
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        check_images(x, self.threat)
-        check_same_device(model, x=x, y=y, target=target)
-        x0 = x.detach().clone()
+        x0 = self._checked_copy(model, x, y, target)
         with model_guard(model, self.eval_mode):
             with torch.no_grad():
                 logits = check_logits(model(x0), x0.shape[0])
-            num_classes = logits.shape[1]
-            if y is None:
-                y = logits.argmax(1)
-            check_labels(y, x0.shape[0], num_classes, "y")
-            if target is not None:
-                check_labels(target, x0.shape[0], num_classes, "target")
+            y = attack_labels(logits, x0.shape[0], y, target)
             x_best, const = self._search(model, x0, y, target)
             x_best = self.threat.clip_bounds(x_best.detach())
             with torch.no_grad():

@@ -47,8 +47,11 @@ class FGSM(Attack):
         generator: torch.Generator | None,
     ) -> torch.Tensor:
         _, grad, _ = self._loss_and_grad(model, x, y, target)
-        step = self.threat.eps * self.threat.steepest_direction(grad)
-        return self.threat.project(x + step, x)
+        return self.threat.project(x + self._step(grad), x)
+
+    def _step(self, grad: torch.Tensor) -> torch.Tensor:
+        """The single step taken from ``x``: eps along the steepest direction."""
+        return self.threat.eps * self.threat.steepest_direction(grad)
 
 
 class FGV(FGSM):
@@ -66,19 +69,7 @@ class FGV(FGSM):
 
     name = "fgv"
 
-    def _attack(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        target: torch.Tensor | None,
-        generator: torch.Generator | None,
-    ) -> torch.Tensor:
-        _, grad, _ = self._loss_and_grad(model, x, y, target)
-        flat = grad.flatten(1)
-        if self.threat.norm == "linf":
-            scale = flat.abs().amax(dim=1)
-        else:
-            scale = flat.norm(p=2, dim=1)
-        scale = per_sample(scale.clamp_min(1e-12), x)
-        return self.threat.project(x + self.threat.eps * grad / scale, x)
+    def _step(self, grad: torch.Tensor) -> torch.Tensor:
+        """eps times the gradient over its own norm (the threat's norm)."""
+        scale = per_sample(self.threat.magnitude(grad).clamp_min(1e-12), grad)
+        return self.threat.eps * grad / scale

@@ -6,7 +6,7 @@ goal*: untargeted losses grow as the true class loses, targeted ones as the targ
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +62,8 @@ def dlr(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = Non
 
 
 def target_difference(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-    """The course's second targeted objective: maximise CE(y) - CE(target)."""
+    """A targeted objective that also pushes away from the true class: maximise CE(y) - CE(target)
+    (the other targeted objective, ``"ce"`` with ``target=``, only minimises CE(target))."""
     if target is None:
         raise ValueError("the 'ce-difference' loss is targeted: pass target=")
     return F.cross_entropy(logits, y, reduction="none") - F.cross_entropy(logits, target, reduction="none")

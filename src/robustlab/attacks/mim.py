@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from .._torch import check_float, per_sample
 from ..threat import ThreatModel
 from .losses import LossFn
-from .._torch import check_float, per_sample
 from .pgd import PGD
 
 

@@ -22,10 +22,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._torch import check_float, check_int
 from ..threat import ThreatModel
+from ._best import BestPoints
 from .base import Attack, is_adversarial, resolve_step_size
 from .losses import LossFn
-from .._torch import check_float, check_int, per_sample
 
 
 class NES(Attack):
@@ -67,10 +68,6 @@ class NES(Attack):
             raise ValueError(f"samples must be even (antithetic pairs), got {samples}")
         self.sigma = check_float("sigma", sigma, 0.0, strict=True)
         self.batch_size = check_int("batch_size", batch_size, 1)
-        if step_size is not None:
-            step_size = check_float("step_size", step_size, 0.0, strict=True)
-        if rel_step_size is not None:
-            rel_step_size = check_float("rel_step_size", rel_step_size, 0.0, strict=True)
         self.step_size = resolve_step_size(step_size, rel_step_size, threat.eps, max(2.5 / self.steps, 0.1))
 
     def __repr__(self) -> str:
@@ -80,7 +77,9 @@ class NES(Attack):
             f"sigma={self.sigma:g}, step_size={self.step_size:g}, loss={self.loss_name})"
         )
 
-    def _scores(self, model: nn.Module, z: torch.Tensor, ys: torch.Tensor, ts: torch.Tensor | None):
+    def _scores(
+        self, model: nn.Module, z: torch.Tensor, ys: torch.Tensor, ts: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and success of a batch of points, forwarded in chunks without gradients."""
         losses, succ = [], []
         with torch.no_grad():
@@ -102,12 +101,11 @@ class NES(Attack):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n = x.shape[0]
         pairs = self.samples // 2
-        best_loss, succ = self._scores(model, x, y, target)
-        best_x = x.clone()
+        best = BestPoints(x.clone(), *self._scores(model, x, y, target))
         queries = torch.zeros(n, dtype=torch.long, device=x.device)
         xa = x.clone()
         for _ in range(self.steps):
-            act = (~succ).nonzero().squeeze(1)  # host sync: one per step (black-box cost)
+            act = best.pending()  # host sync: one per step (black-box cost)
             if act.numel() == 0:
                 break
             k = act.numel()
@@ -116,17 +114,16 @@ class NES(Attack):
             u = torch.randn((k, pairs, *x.shape[1:]), generator=generator, dtype=x.dtype, device=x.device)
             centre = xc[:, None]
             pts = torch.cat([self.threat.clip_bounds(centre + self.sigma * u), self.threat.clip_bounds(centre - self.sigma * u)], 1)
-            rep = lambda t: None if t is None else t[:, None].expand(k, 2 * pairs).reshape(-1)  # noqa: E731
-            loss, _ = self._scores(model, pts.reshape(k * 2 * pairs, *x.shape[1:]), rep(ys), rep(ts))
-            loss = loss.view(k, 2 * pairs)
+            # every query point is scored against its sample's label (and target)
+            ys_pts = ys.repeat_interleave(self.samples)
+            ts_pts = None if ts is None else ts.repeat_interleave(self.samples)
+            loss, _ = self._scores(model, pts.reshape(k * self.samples, *x.shape[1:]), ys_pts, ts_pts)
+            loss = loss.view(k, self.samples)
             diff = (loss[:, :pairs] - loss[:, pairs:]) / (2 * self.sigma * pairs)
             grad = (diff.view(k, pairs, *([1] * (x.dim() - 1))) * u).sum(1)
             xc = self.threat.project(xc + self.step_size * self.threat.steepest_direction(grad), xs)
             lc, sc = self._scores(model, xc, ys, ts)
             queries[act] += self.samples + 1
             xa[act] = xc
-            better = sc | (lc > best_loss[act])
-            best_x[act] = torch.where(per_sample(better, xc), xc, best_x[act])
-            best_loss[act] = torch.where(better, lc, best_loss[act])
-            succ[act] = sc
-        return best_x, queries
+            best.update(xc, lc, sc, act)
+        return best.x, queries

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._torch import per_sample
 from ..threat import ThreatModel
 from .base import Attack
-from .._torch import per_sample
 
 
 class Noise(Attack):

@@ -17,13 +17,12 @@ saves most of its time; the robust accuracy is the same either way.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from .._torch import check_float, check_int, per_sample
+from .._torch import check_int, per_sample
 from ..threat import ThreatModel
+from ._best import BestPoints
 from .base import Attack, Crafted, is_adversarial, resolve_step_size
 from .losses import LossFn
 
@@ -71,10 +70,6 @@ class PGD(Attack):
         self.steps = check_int("steps", steps, 1)
         self.restarts = check_int("restarts", restarts, 1)
         self.random_start = bool(random_start)
-        if step_size is not None:
-            step_size = check_float("step_size", step_size, 0.0, strict=True)
-        if rel_step_size is not None:
-            rel_step_size = check_float("rel_step_size", rel_step_size, 0.0, strict=True)
         self.step_size = resolve_step_size(step_size, rel_step_size, threat.eps, self._default_rel / self.steps)
 
     def __repr__(self) -> str:
@@ -104,27 +99,22 @@ class PGD(Attack):
         target: torch.Tensor | None,
         generator: torch.Generator | None,
     ) -> Crafted:
-        n = x.shape[0]
-        best = {
-            "x": x.clone(),
-            "loss": torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device),
-            "succ": torch.zeros(n, dtype=torch.bool, device=x.device),
-        }
+        best = BestPoints.unscored(x)
         for r in range(self.restarts):
             # Draw the start for the whole batch, so that early stop or not, the same seed gives
             # the same starts (and hence the same trajectories).
             start = self.threat.random_start(x, generator) if self.random_start else x.clone()
             idx = None
             if self.early_stop:
-                idx = (~best["succ"]).nonzero().squeeze(1)
+                idx = best.pending()
                 if idx.numel() == 0:
                     break
             # Plain PGD: the last restart leaves its final iterate unscored; samples fooled by an
             # earlier restart keep that point, all others get the final iterate. Earlier
             # restarts are scored, or a success could be lost to the next one.
             unscored = not self.track_best and r == self.restarts - 1
-            self._run_once(model, x, y, target, start, idx, best, best["succ"].clone() if unscored else None)
-        return Crafted(best["x"], None, best["succ"] if self.track_best else None)
+            self._run_once(model, x, y, target, start, idx, best, best.succ.clone() if unscored else None)
+        return Crafted(best.x, None, best.succ if self.track_best else None)
 
     def _run_once(
         self,
@@ -134,7 +124,7 @@ class PGD(Attack):
         target: torch.Tensor | None,
         start: torch.Tensor,
         idx: torch.Tensor | None,
-        best: dict[str, torch.Tensor],
+        best: BestPoints,
         keep_final: torch.Tensor | None = None,
     ) -> None:
         def sub(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -153,7 +143,7 @@ class PGD(Attack):
                 xa = self.threat.project(xa.add(direction, alpha=self.step_size), xs)
                 continue
             succ = is_adversarial(logits, ys, ts)
-            self._keep_best(best, idx, xa, loss, succ)
+            best.update(xa, loss, succ, idx)
             if self.early_stop:
                 assert idx is not None
                 keep = ~succ
@@ -171,35 +161,11 @@ class PGD(Attack):
             # others get the last iterate.
             keep = keep_final if idx is None else keep_final[idx]
             if idx is None:
-                torch.where(per_sample(keep, xa), best["x"], xa, out=best["x"])
+                torch.where(per_sample(keep, xa), best.x, xa, out=best.x)
             else:
-                best["x"][idx] = torch.where(per_sample(keep, xa), best["x"][idx], xa)
+                best.x[idx] = torch.where(per_sample(keep, xa), best.x[idx], xa)
             return
         with torch.no_grad():
             logits = model(xa)
             loss = self.loss_fn(logits, ys, ts)
-        self._keep_best(best, idx, xa, loss, is_adversarial(logits, ys, ts))
-
-    @staticmethod
-    def _keep_best(
-        best: dict[str, torch.Tensor],
-        idx: torch.Tensor | None,
-        x_new: torch.Tensor,
-        loss: torch.Tensor,
-        succ: torch.Tensor,
-    ) -> None:
-        """Per sample: a successful point beats an unsuccessful one; among equals, higher loss."""
-        if idx is None:
-            b_x, b_loss, b_succ = best["x"], best["loss"], best["succ"]
-        else:
-            b_x, b_loss, b_succ = best["x"][idx], best["loss"][idx], best["succ"][idx]
-        loss = loss.to(b_loss.dtype)
-        better = (succ & ~b_succ) | ((succ == b_succ) & (loss > b_loss))
-        if idx is None:  # in place, elementwise (out= aliasing an input is safe here)
-            torch.where(per_sample(better, x_new), x_new, b_x, out=b_x)
-            torch.where(better, loss, b_loss, out=b_loss)
-            b_succ |= succ
-        else:
-            best["x"][idx] = torch.where(per_sample(better, x_new), x_new, b_x)
-            best["loss"][idx] = torch.where(better, loss, b_loss)
-            best["succ"][idx] = b_succ | succ
+        best.update(xa, loss, is_adversarial(logits, ys, ts), idx)

@@ -29,15 +29,17 @@ restart. A sample stops as soon as it is misclassified (or reaches the target).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import lru_cache
 
 import torch
 from torch import nn
 
+from .._torch import check_float, check_int, per_sample
 from ..threat import ThreatModel
+from ._best import BestPoints
 from .base import Attack, is_adversarial
 from .losses import LossFn
-from .._torch import check_float, check_int, per_sample
 
 
 def p_schedule(p_init: float, it: int, n_iters: int) -> float:
@@ -146,28 +148,33 @@ class Square(Attack):
         x4 = _as_images(x)
         n = x4.shape[0]
 
-        def query(z4: torch.Tensor, ys: torch.Tensor, ts: torch.Tensor | None):
+        def query(z4: torch.Tensor, ys: torch.Tensor, ts: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
             with torch.no_grad():
                 logits = model(z4.reshape(z4.shape[0], *shape[1:]))
             return self.loss_fn(logits, ys, ts).to(x.dtype), is_adversarial(logits, ys, ts)
 
-        best_loss, succ = query(x4, y, target)
-        best_x = x4.clone()
+        best = BestPoints(x4.clone(), *query(x4, y, target))
         queries = torch.zeros(n, dtype=torch.long, device=x.device)
         for _ in range(self.restarts):
-            idx = (~succ).nonzero().squeeze(1)
+            idx = best.pending()
             if idx.numel() == 0:
                 break
             ts = None if target is None else target[idx]
-            xr, lr, sr, qr = self._run_once(query, x4[idx], y[idx], ts, generator)
-            better = sr | (~succ[idx] & (lr > best_loss[idx]))
-            best_x[idx] = torch.where(per_sample(better, xr), xr, best_x[idx])
-            best_loss[idx] = torch.where(better, lr, best_loss[idx])
-            succ[idx] = succ[idx] | sr
+            run, qr = self._run_once(query, x4[idx], y[idx], ts, generator)
+            best.update(run.x, run.loss, run.succ, idx)
             queries[idx] += qr
-        return best_x.reshape(shape), queries
+        return best.x.reshape(shape), queries
 
-    def _run_once(self, query, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None, generator):
+    def _run_once(
+        self,
+        query: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        t: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[BestPoints, torch.Tensor]:
+        """One random search from a fresh start (``query(points, y, target) -> (loss, success)``):
+        the points it ends at, each sample's best, and the queries it spent per sample."""
         n, c, h, w = x.shape
         eps = self.threat.eps
         dev, dt = x.device, x.dtype
@@ -176,14 +183,15 @@ class Square(Attack):
             xb = self.threat.project(x + eps * signs, x)
         else:
             xb = self._l2_init(x, generator)
-        lb, sb = query(xb, y, t)
+        # The search moves only to improving candidates, so its current point is its best one.
+        cur = BestPoints(xb, *query(xb, y, t))
         qn = torch.ones(n, dtype=torch.long, device=dev)
         n_pix = h * w
         for i in range(self.queries - 1):
-            act = (~sb).nonzero().squeeze(1)  # host sync: one per query round (black-box cost)
+            act = cur.pending()  # host sync: one per query round (black-box cost)
             if act.numel() == 0:
                 break
-            xa, xba = x[act], xb[act]
+            xa, xba = x[act], cur.x[act]
             ta = None if t is None else t[act]
             p = p_schedule(self.p_init, i, self.queries - 1)
             if self.threat.norm == "linf":
@@ -195,11 +203,8 @@ class Square(Attack):
                 x_new = self._l2_candidate(xa, xba, s, generator)
             loss, ok = query(x_new, y[act], ta)
             qn[act] += 1
-            improved = ok | (loss > lb[act])
-            xb[act] = torch.where(per_sample(improved, x_new), x_new, xba)
-            lb[act] = torch.where(improved, loss, lb[act])
-            sb[act] = ok
-        return xb, lb, sb, qn
+            cur.update(x_new, loss, ok, act)
+        return cur, qn
 
     # --- Linf -----------------------------------------------------------------------------------
     def _linf_candidate(self, x: torch.Tensor, xb: torch.Tensor, s: int, generator) -> torch.Tensor:

@@ -60,7 +60,7 @@ class Transfer(Attack):
     @classmethod
     def from_checkpoint(cls, threat: ThreatModel, path: str | os.PathLike, map_location: str | torch.device = "cpu", **kw: Any) -> Transfer:
         """A transfer attack whose surrogate is loaded with :func:`robustlab.checkpoint.load_model`."""
-        from ..storage.checkpoint import load_model
+        from ..storage import load_model
 
         return cls(threat, load_model(path, map_location=map_location), **kw)
 

@@ -115,7 +115,7 @@ class AdaptiveDetectorAttack(PGD):
                 loss, succ, _ = self._objective(model, xa_g, ys, ts)
                 (grad,) = torch.autograd.grad(loss.sum(), xa_g)
             loss, grad = loss.detach(), grad.detach()
-            self._keep_best(best, idx, xa, loss, succ)
+            best.update(xa, loss, succ, idx)
             if self.early_stop:
                 assert idx is not None
                 keep = ~succ
@@ -128,4 +128,4 @@ class AdaptiveDetectorAttack(PGD):
             xa = self.threat.project(xa.add(self.threat.steepest_direction(grad), alpha=self.step_size), xs)
         with torch.no_grad():
             loss, succ, _ = self._objective(model, xa, ys, ts)
-        self._keep_best(best, idx, xa, loss, succ)
+        best.update(xa, loss, succ, idx)

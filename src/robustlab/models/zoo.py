@@ -8,10 +8,14 @@ JSON alone (see :mod:`robustlab.checkpoint`).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
+
+from ..registry import check_options, lookup
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -88,7 +92,7 @@ def _denoise_blocks(
 
 
 class SmallCNN(nn.Module):
-    """The course's simple CNN: conv-pool, conv-pool, dense, dense.
+    """A small CNN: conv-pool, conv-pool, dense, dense.
 
     Global pooling is not used, so the dense layer sees the spatial map: input size is fixed at
     build time (``input_size``), 28 for (Fashion-)MNIST, 32 for CIFAR-10, 8 for digits.
@@ -298,20 +302,12 @@ def _check_sizes(key: str, options: dict[str, Any]) -> None:
 def build_model(name: str, num_classes: int = 10, in_channels: int = 1, **options: Any) -> nn.Module:
     """Build a registered model by name. Options are passed to its constructor; unknown options
     are an error (a typo must not silently give a different model)."""
-    key = str(name).lower()
-    if key not in MODELS:
-        raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
+    key, cls = lookup(MODELS, name, "model")
     if int(num_classes) < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     if int(in_channels) < 1:
         raise ValueError(f"in_channels must be >= 1, got {in_channels}")
-    cls = MODELS[key]
-    import inspect
-
-    allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "num_classes", "in_channels"}
-    unknown = set(options) - allowed
-    if unknown:
-        raise ValueError(f"unknown option(s) for {key}: {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}")
+    check_options(cls, options, f"model {key!r}", skip=("num_classes", "in_channels"))
     _check_sizes(key, options)
     try:
         model = cls(num_classes=int(num_classes), in_channels=int(in_channels), **options)
@@ -320,8 +316,8 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 1, **option
         raise ValueError(f"cannot build {key} with {given}: {e}") from None
     # Record every constructor argument, defaults included, so a checkpoint rebuilds the same
     # architecture even if a default changes in a later version.
-    bound = inspect.signature(cls.__init__).bind(None, num_classes=int(num_classes), in_channels=int(in_channels), **options)
+    bound = inspect.signature(cls).bind(num_classes=int(num_classes), in_channels=int(in_channels), **options)
     bound.apply_defaults()
-    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in bound.arguments.items() if k != "self"}
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in bound.arguments.items()}
     model.robustlab_config = {"name": key, **config}  # type: ignore[assignment]
     return model

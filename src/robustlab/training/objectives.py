@@ -11,9 +11,9 @@ adv-reg, noise. (``offline`` retraining is a pipeline, see :mod:`.offline`.)
 from __future__ import annotations
 
 import copy
-import inspect
 import warnings
-from typing import Any, Callable, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,7 @@ from torch import nn
 
 from ..attacks import FGSM, PGD, Attack, build_attack
 from ..distributed import unwrap
+from ..registry import check_options, lookup
 from ..threat import ThreatModel
 
 Logs = dict[str, Any]
@@ -44,6 +45,23 @@ class Objective(Protocol):
 
 def _acc(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (logits.detach().argmax(1) == y).float().mean()
+
+
+def _pair_logits(model: nn.Module, x: torch.Tensor, x_other: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of ``x`` and of ``x_other`` from one forward pass on both (so BatchNorm normalises
+    the two halves with the same batch statistics)."""
+    logits = model(torch.cat([x, x_other]))
+    return logits[: len(x)], logits[len(x) :]
+
+
+@torch.no_grad()
+def _eval_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits in eval mode without gradients (BatchNorm statistics untouched); the mode is restored."""
+    was = model.training
+    model.eval()
+    logits = model(x)
+    model.train(was)
+    return logits
 
 
 class _Configured:
@@ -78,20 +96,13 @@ class _Adversarial(_Configured):
         self._options = {"eps": self.threat.eps, "norm": self.threat.norm, **options}
 
     def _labels(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, predicted: bool) -> torch.Tensor:
-        if not predicted:
-            return y
-        model = unwrap(model)
-        with torch.no_grad():
-            was = model.training
-            model.eval()
-            pred = model(x).argmax(1)
-            model.train(was)
-        return pred
+        return _eval_logits(unwrap(model), x).argmax(1) if predicted else y
 
 
 class FGSMAT(_Adversarial):
-    """The course schedule: gradient of CE on the clean batch plus gradient of CE on its FGSM
-    batch (crafted with the current weights), one update with the sum."""
+    """FGSM adversarial training (Goodfellow et al. 2015, equal weights): gradient of CE on the
+    clean batch plus gradient of CE on its FGSM batch (crafted with the current weights), one
+    update with the sum."""
 
     name = "fgsm-at"
 
@@ -100,9 +111,7 @@ class FGSMAT(_Adversarial):
         self.attack = FGSM(self.threat)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
-        x_adv = self.attack(unwrap(model), x, y)
-        logits = model(torch.cat([x, x_adv]))
-        lc, la = logits[: len(x)], logits[len(x) :]
+        lc, la = _pair_logits(model, x, self.attack(unwrap(model), x, y))
         loss_c, loss_a = F.cross_entropy(lc, y), F.cross_entropy(la, y)
         return loss_c + loss_a, {"loss": (loss_c + loss_a).detach(), "clean_loss": loss_c.detach(),
                                  "adv_loss": loss_a.detach(), "acc": _acc(lc, y), "adv_acc": _acc(la, y)}
@@ -128,8 +137,7 @@ class PGDAT(_Adversarial):
             la = model(x_adv)
             loss = F.cross_entropy(la, y)
             return loss, {"loss": loss.detach(), "adv_acc": _acc(la, y)}
-        logits = model(torch.cat([x, x_adv]))
-        lc, la = logits[: len(x)], logits[len(x) :]
+        lc, la = _pair_logits(model, x, x_adv)
         loss = 0.5 * (F.cross_entropy(lc, y) + F.cross_entropy(la, y))
         return loss, {"loss": loss.detach(), "acc": _acc(lc, y), "adv_acc": _acc(la, y)}
 
@@ -200,12 +208,7 @@ class FastAT(_Adversarial):
         assert self._monitor is not None
         model = unwrap(model)
         xm, ym = self._monitor
-        x_adv = self._probe(model, xm, ym)
-        with torch.no_grad():
-            was = model.training
-            model.eval()
-            acc = float((model(x_adv).argmax(1) == ym).float().mean())
-            model.train(was)
+        acc = float(_acc(_eval_logits(model, self._probe(model, xm, ym)), ym))
         if acc > self._best:
             self._best = acc
             self._snapshot = copy.deepcopy(model.state_dict())
@@ -253,11 +256,7 @@ class TRADES(_Adversarial):
 
     def craft(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         model = unwrap(model)
-        with torch.no_grad():
-            was = model.training
-            model.eval()
-            clean = model(x).detach()
-            model.train(was)
+        clean = _eval_logits(model, x)
 
         def kl_loss(logits: torch.Tensor, _y: torch.Tensor, _t: torch.Tensor | None) -> torch.Tensor:
             return kl_per_sample(clean[: len(logits)], logits)
@@ -266,9 +265,11 @@ class TRADES(_Adversarial):
         return PGD(self.threat, steps=self.steps, rel_step_size=self.rel_step_size, random_start=True, loss=kl_loss,
                    track_best=False)(model, x, y)
 
-    def loss_terms(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits = model(torch.cat([x, x_adv]))
-        lc, la = logits[: len(x)], logits[len(x) :]
+    def loss_terms(
+        self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(CE on the clean batch, mean KL(clean || adversarial), clean logits)."""
+        lc, la = _pair_logits(model, x, x_adv)
         return F.cross_entropy(lc, y), kl_per_sample(lc, la).mean(), lc
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
@@ -291,9 +292,11 @@ class ALP(_Adversarial):
         self.lam, self.wc, self.wa = float(lam), float(clean_weight), float(adv_weight)
         self.attack = PGD(self.threat, steps=steps, rel_step_size=rel_step_size, track_best=False)
 
-    def loss_terms(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits = model(torch.cat([x, x_adv]))
-        lc, la = logits[: len(x)], logits[len(x) :]
+    def loss_terms(
+        self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(CE clean, CE adversarial, mean squared logit distance, clean logits)."""
+        lc, la = _pair_logits(model, x, x_adv)
         pair = (lc - la).pow(2).sum(1).mean()
         return F.cross_entropy(lc, y), F.cross_entropy(la, y), pair, lc
 
@@ -318,9 +321,7 @@ class AdvReg(_Adversarial):
         self.attack = FGSM(self.threat)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
-        x_nbr = self.attack(unwrap(model), x, y)
-        logits = model(torch.cat([x, x_nbr]))
-        lc, ln = logits[: len(x)], logits[len(x) :]
+        lc, ln = _pair_logits(model, x, self.attack(unwrap(model), x, y))
         sup, nbr = F.cross_entropy(lc, y), F.cross_entropy(ln, y)
         loss = sup + self.multiplier * nbr
         return loss, {"loss": loss.detach(), "neighbour_loss": nbr.detach(), "acc": _acc(lc, y)}
@@ -361,12 +362,6 @@ OBJECTIVES: dict[str, Callable[..., Any]] = {
 
 def build_objective(name: str, **options: Any) -> Any:
     """A registered objective by name; unknown names or options are a ValueError."""
-    key = str(name).strip().lower()
-    if key not in OBJECTIVES:
-        raise ValueError(f"unknown defense {name!r}: expected one of {', '.join(sorted(OBJECTIVES))} or offline")
-    cls = OBJECTIVES[key]
-    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ValueError(f"unknown option(s) for defense {key!r}: {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    key, cls = lookup(OBJECTIVES, name, "defense", also=" or offline")
+    check_options(cls, options, f"defense {key!r}")
     return cls(**options)

@@ -1,4 +1,5 @@
-"""Offline adversarial retraining, the course slides' seven steps.
+"""Offline adversarial retraining: FGSM examples crafted once against a fixed, cleanly trained
+model are added to the training set of a fresh one, in seven steps.
 
 1. train a model on clean data; 2. craft FGSM versions of the training set and 3. of the test set
 against it; 4. evaluate it on both test sets; 5. retrain a fresh model on organic + perturbed
@@ -8,8 +9,9 @@ retrained model afresh (the honest number: the old perturbations were made for a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
