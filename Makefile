@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.robustlab-installed
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 
-.PHONY: demo test test-slow test-all bench bench-peers setup data clean
+.PHONY: demo test test-slow test-all bench bench-peers setup data clean docs lint mutants
 
 setup: $(STAMP) data
 
@@ -13,7 +13,7 @@ setup: $(STAMP) data
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,docs]'
 	touch $(STAMP)
 
 data:
@@ -22,8 +22,17 @@ data:
 demo: setup
 	$(PY) -m robustlab demo
 
-test: setup
+test: setup lint
 	$(PY) -m pytest -q
+
+# ruff over src and tests (README's test command runs it first); mypy over the package.
+lint: setup
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m mypy src/robustlab
+
+# The user guide and API reference: site/index.html. `make test` builds it too (tests/docs).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
@@ -46,4 +55,4 @@ bench-peers: setup $(PEERS_STAMP)
 	$(PY) benchmarks/peers.py --readme README.md --markdown benchmarks/peers-results.md
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache build src/*.egg-info
+	rm -rf $(VENV) runs site .pytest_cache build src/*.egg-info
