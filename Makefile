@@ -54,5 +54,10 @@ $(PEERS_STAMP): $(STAMP)
 bench-peers: setup $(PEERS_STAMP)
 	$(PY) benchmarks/peers.py --readme README.md --markdown benchmarks/peers-results.md
 
+# Hand-written mutations of src/ in a temporary copy, each against its targeted tests: caught/survived.
+# Not part of make test (about 8 minutes).
+mutants: setup
+	$(PY) scripts/mutants.py
+
 clean:
 	rm -rf $(VENV) runs site .pytest_cache build src/*.egg-info

@@ -112,6 +112,12 @@ def test_each_corruption_does_what_it_says():
     assert torch.allclose(moved, torch.full((2,), 0.2 * 15), atol=0.6)
 
 
+def test_mean_corruption_accuracy_skips_severity_zero():
+    table = {"a": {0: 1.0, 1: 0.5, 5: 0.25}, "b": {"0": 1.0, "1": 0.0}}  # JSON keys too
+    assert mean_corruption_accuracy(table) == pytest.approx((0.5 + 0.25 + 0.0) / 3)
+    assert math.isnan(mean_corruption_accuracy({"a": {0: 1.0}}))
+
+
 def test_corruption_accuracy_table_on_a_tiny_model():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(144, 3)).eval()
@@ -123,7 +129,15 @@ def test_corruption_accuracy_table_on_a_tiny_model():
         clean = float((model(x).argmax(1) == y).float().mean())
     assert table["contrast"][0] == pytest.approx(clean)
     assert table == corruption_accuracy(model, x, y, corruptions=["shift", "contrast"], severities=(5, 1, 0), batch_size=7)
-    assert 0 <= mean_corruption_accuracy(table) <= 1
+    # the mean is over every corruption and severity except severity 0 (computed independently)
+    expected_mean = (table["contrast"][1] + table["contrast"][5] + table["shift"][1] + table["shift"][5]) / 4
+    assert mean_corruption_accuracy(table) == pytest.approx(expected_mean)
+    # each cell is the accuracy on corrupt(x, name, sev, seed=0) (one batch: the same generator)
+    with torch.no_grad():
+        for name in ("contrast", "shift"):
+            for sev in (1, 5):
+                xc = corrupt(x, name, sev, seed=0)
+                assert table[name][sev] == int((model(xc).argmax(1) == y).sum()) / len(y), (name, sev)
     json.dumps(table)
     model.train()
     corruption_accuracy(model, x, y, corruptions=["brightness"])
@@ -139,4 +153,10 @@ def test_gaussian_noise_lowers_accuracy_with_severity(fmnist_model, fmnist_subse
     assert noise[5] <= noise[1] - 0.15, noise
     assert all(b <= a + 0.02 for a, b in zip(noise, noise[1:])), noise  # non-increasing up to noise
     contrast = [table["contrast"][s] for s in range(6)]
-    assert contrast[5] <= contrast[0] and not any(math.isnan(v) for v in contrast)
+    assert not any(math.isnan(v) for v in contrast)
+    assert contrast[5] <= contrast[0] - 0.1, contrast  # contrast x0.15 costs tens of points
+    # an independent computation of two cells (one batch of 500: the table's generator)
+    with torch.no_grad():
+        for name, sev in (("gaussian_noise", 3), ("contrast", 5)):
+            own = int((fmnist_model(corrupt(x, name, sev, seed=0)).argmax(1) == y).sum()) / len(y)
+            assert table[name][sev] == own, (name, sev, own)

@@ -96,3 +96,79 @@ def test_pgd_at_full_data_reaches_the_issue_thresholds(tmp_path):
                                       "--defense-option", "rel_step_size=0.5", "--epochs", "10", "--lr", "3e-3",
                                       "--schedule", "onecycle")
     assert clean >= 0.80 and pgd >= 0.75, (clean, pgd)
+
+
+# --- every adversarial objective, on digits, in CI ------------------------------------------------
+# 1,347 digits training images (8x8), 3 epochs of a small CNN per objective (~1 s each on 2 cores),
+# the same recipe as a clean-trained standard model; robust accuracy under one FIXED attack:
+# PGD-10 (seed 0) at Linf eps 0.1 on the 450 digits test images. Measured on this machine
+# (clean / PGD-10):
+#   standard 75.3% / 27.3%
+#   fgsm-at  72.7% / 38.0%   (+10.7)     trades   79.6% / 42.7%   (+15.4)
+#   pgd-at   67.3% / 42.4%   (+15.1)     alp      74.4% / 46.9%   (+19.6)
+#   mix      67.1% / 36.0%   (+8.7)      adv-reg  72.7% / 38.0%   (+10.7)
+#   fast-at  64.4% / 44.9%   (+17.6)
+# The margin asserted is 5 points for every objective (at least 3.7 points of room below the
+# smallest measured gain; 450 test images make one point 4.5 images). Noise training is the
+# control here (measured 75.1% / 25.1%: no gain on digits); its gain is checked on
+# Fashion-MNIST above, where the measured values give it one.
+DIGITS_EPS = 0.1
+DIGITS_MARGIN = 0.05
+DIGITS_OBJECTIVES = {
+    "fgsm-at": {"eps": DIGITS_EPS},
+    "pgd-at": {"eps": DIGITS_EPS, "steps": 3},
+    "mix": {"eps": DIGITS_EPS, "steps": 3},
+    "fast-at": {"eps": DIGITS_EPS},
+    "trades": {"eps": DIGITS_EPS, "steps": 3},
+    "alp": {"eps": DIGITS_EPS, "steps": 3},
+    "adv-reg": {"eps": DIGITS_EPS, "multiplier": 1.0},
+}
+
+
+def _digits_model(digits, name: str, options: dict):
+    xtr, ytr, _, _ = digits
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 10, 1, input_size=8, channels=(8, 16), hidden=32)
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=3e-3, seed=0, progress=False)
+    train(model, build_objective(name, **options), (xtr, ytr), None, cfg)
+    return model.eval()
+
+
+def _fixed_pgd10(model, x, y) -> tuple[float, float]:
+    threat = ThreatModel("linf", DIGITS_EPS)
+    res = evaluate(model, x, y, threat, [PGD(threat, steps=10, seed=0)], progress=False)
+    return res.clean_accuracy, res.robust_accuracy
+
+
+@pytest.fixture(scope="module")
+def digits_effects(digits):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _, _, xte, yte = digits
+        out = {"standard": _fixed_pgd10(_digits_model(digits, "clean", {}), xte, yte)}
+        for name, options in DIGITS_OBJECTIVES.items():
+            out[name] = _fixed_pgd10(_digits_model(digits, name, options), xte, yte)
+        return out
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_every_adversarial_objective_is_covered():
+    from robustlab.training import OBJECTIVES
+
+    assert set(OBJECTIVES) - {"clean"} == set(DIGITS_OBJECTIVES) | {"noise"}
+
+
+@pytest.mark.parametrize("name", list(DIGITS_OBJECTIVES))
+def test_each_objective_beats_the_standard_model_under_a_fixed_attack(digits_effects, name):
+    std_clean, std_pgd = digits_effects["standard"]
+    clean, pgd = digits_effects[name]
+    assert std_pgd <= 0.35, digits_effects  # the standard model is far from robust
+    assert clean >= 0.55, digits_effects  # still a classifier
+    assert pgd >= std_pgd + DIGITS_MARGIN, (name, digits_effects)
+
+
+def test_noise_training_buys_some_robustness_on_fashion_mnist(measured):
+    """Measured: standard 9.0%, noise 24.8% PGD-20 accuracy (+15.8 points); asserted: +8."""
+    assert measured["noise"]["pgd"] >= measured["standard"]["pgd"] + 0.08, measured

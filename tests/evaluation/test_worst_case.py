@@ -1,0 +1,40 @@
+"""The robust accuracy of an evaluation is the per-sample worst case over its attacks: a sample
+counts as robust only if it is classified correctly and *no* attack broke it. Averaging, or taking
+the best single attack, overestimates it whenever the attacks break different samples."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robustlab import ThreatModel
+from robustlab.attacks import PGD
+from robustlab.attacks.fgsm import FGSM
+from robustlab.evaluation import evaluate
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_robust_accuracy_is_the_per_sample_worst_case(digits_model, digits):
+    _, _, x, y = digits
+    x, y = x[:150], y[:150]
+    t = ThreatModel("linf", 0.1)
+    # two weak attacks that break different samples (no cascade: each sees every sample)
+    attacks = [FGSM(t), PGD(t, steps=1, seed=0)]
+    res = evaluate(digits_model, x, y, t, attacks, cascade=False, progress=False)
+    with torch.no_grad():
+        clean = digits_model(x).argmax(1) == y
+    assert torch.equal(res.clean_correct.cpu(), clean)
+    per_sample = clean.clone()
+    for o in res.outcomes:
+        per_sample &= o.robust.cpu()
+    assert res.robust_accuracy == pytest.approx(float(per_sample.float().mean()))
+    # the attacks do break different samples, so the best single attack is strictly weaker
+    best_single = min(float((clean & o.robust.cpu()).float().mean()) for o in res.outcomes)
+    assert res.robust_accuracy <= best_single - 0.02, (res.robust_accuracy, res.per_attack)
