@@ -1,6 +1,7 @@
-"""The ``robustlab`` command line: train, attack, evaluate, demo.
+"""The ``robustlab`` command line: train, attack, evaluate, demo, report, train-detector, noisy-student.
 
-Bad input ends with exit code 2 and one line naming the problem (no traceback).
+It parses options and prints; the work is in :mod:`robustlab.runs` (and the demo's, noisy
+student's modules). Bad input ends with exit code 2 and one line naming the problem (no traceback).
 """
 
 from __future__ import annotations
@@ -54,50 +55,29 @@ class _Group(click.Group):
             _one_line_error(e)
 
 
-def _parse_floats(text: str, what: str) -> list[float]:
+def _parse_floats(text: str, what: str, whole: bool = False) -> list[Any]:
+    """A comma-separated list of numbers (``whole``: of whole numbers >= 1, as ints)."""
     try:
         vals = [float(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"{what} must be a comma-separated list of numbers, got {text!r}") from None
     if not vals:
         raise ValueError(f"{what} is empty")
-    return vals
+    if whole and not all(v.is_integer() and v >= 1 for v in vals):
+        raise ValueError(f"{what} must be whole numbers >= 1, got {text!r}")
+    return [int(v) for v in vals] if whole else vals
 
 
 def _argv_without_nproc(argv: list[str]) -> list[str]:
     """The command line minus ``--nproc N`` / ``--nproc=N`` (for the torchrun relaunch)."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
+    out: list[str] = []
+    args = iter(argv)
+    for a in args:
         if a == "--nproc":
-            skip = True
-            continue
-        if a.startswith("--nproc="):
-            continue
-        out.append(a)
+            next(args, None)
+        elif not a.startswith("--nproc="):
+            out.append(a)
     return out
-
-
-def _cli_attack(name: str, threat: Any, steps: int | None, surrogate: Any) -> Any:
-    """An attack for ``evaluate --attacks``: seeded, with --steps mapped to each attack's budget."""
-    from .attacks import ATTACKS, Transfer, attack_options, build_attack
-
-    if name == "transfer":
-        if surrogate is None:
-            raise ValueError("the transfer attack needs --surrogate RUN (the model that crafts the examples)")
-        return Transfer(threat, surrogate)
-    if name not in ATTACKS:
-        build_attack(name, threat)  # raises the registry's "unknown attack" error
-    allowed = attack_options(ATTACKS[name]) or []
-    opts: dict[str, Any] = {"seed": 0} if "seed" in allowed else {}
-    if steps is not None:
-        if "steps" in allowed:
-            opts["steps"] = steps
-        elif "queries" in allowed:
-            opts["queries"] = steps
-    return build_attack(name, threat, **opts)
 
 
 def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -112,6 +92,11 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[k.strip().replace("-", "_")] = v
     return out
+
+
+def _merge_options(pairs: tuple[str, ...], **given: Any) -> dict[str, Any]:
+    """KEY=VALUE ``pairs``, then the dedicated options that were given (not None) over them."""
+    return {**_parse_options(pairs), **{k: v for k, v in given.items() if v is not None}}
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -162,8 +147,8 @@ def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, mod
           batch_size, optimizer, lr, momentum, weight_decay, schedule, seed, nproc, sync_bn, device, quiet) -> None:
     """Train a model into a run directory (or --resume one)."""
     from .distributed import relaunch, shutdown
-    from .runs.train import RunSpec, train_run
-    from .training import TrainConfig
+    from .runs import RunSpec, monitor_spec, train_run
+    from .training import TrainConfig, TrainingInterrupted
 
     if nproc != 1:
         sys.exit(relaunch(nproc, _argv_without_nproc(sys.argv[1:])))
@@ -183,29 +168,12 @@ def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, mod
                              f"{', '.join(given)} cannot be changed (start a new run with --out)")
     if out and run_arg and Path(out) != Path(run_arg):
         raise ValueError(f"two run directories given: {run_arg} and --out {out}")
-    model_options = _parse_options(model_option)
-    if batchnorm is not None:
-        model_options["batchnorm"] = batchnorm
-    if activation is not None:
-        model_options["activation"] = activation
-    if denoise is not None:
-        model_options["denoise"] = denoise
-    defense_options = _parse_options(defense_option)
-    if eps is not None:
-        defense_options["eps"] = eps
-    if norm is not None:
-        defense_options["norm"] = norm
-    monitor = None
-    if monitor_attack and monitor_attack.lower() != "none":
-        if monitor_eps == 0:  # negative, nan and inf are refused by the threat model itself
-            raise ValueError("--monitor-eps must be > 0, got 0 (--monitor-attack none turns the monitor off)")
-        budget = monitor_eps if monitor_eps is not None else (eps if eps else 0.1)
-        monitor = {"attack": monitor_attack, "eps": budget, "norm": norm or "linf"}
-        if monitor_attack == "pgd":
-            monitor.update(steps=20, rel_step_size=0.1, seed=0)
+    model_options = _merge_options(model_option, batchnorm=batchnorm, activation=activation, denoise=denoise)
+    defense_options = _merge_options(defense_option, eps=eps, norm=norm)
     spec = RunSpec(
         dataset=dataset, data_root=data_root, train_limit=train_limit, test_limit=test_limit, model=model_name,
-        model_options=model_options, defense=defense, defense_options=defense_options, monitor=monitor,
+        model_options=model_options, defense=defense, defense_options=defense_options,
+        monitor=monitor_spec(monitor_attack, monitor_eps, eps, norm),
     )
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
@@ -213,8 +181,6 @@ def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, mod
         sync_batchnorm=sync_bn,
     )
     t0 = time.perf_counter()
-    from .training.loop import TrainingInterrupted
-
     try:
         metrics = train_run(spec, run, config, device=device, resume=resume)
     except TrainingInterrupted as e:
@@ -243,53 +209,12 @@ def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, mod
 @click.option("--device", default="auto", show_default=True)
 def attack(run, attack_name, norm, eps, steps, target, attack_option, n, batch_size, out, device) -> None:
     """Attack a trained run's test images; save the examples (safetensors) and a JSON summary."""
-    import torch
+    from .runs import attack_run
 
-    from .attacks import build_attack
-    from .storage.checkpoint import atomic_save_safetensors, atomic_write_json, load_model
-    from .runs.train import load_run_data, resolve_device
-    from .threat import ThreatModel
-
-    dev = resolve_device(device)
-    model = load_model(run, map_location=dev)
-    x, y, info = load_run_data(run, "test", dev, limit=n)
-    threat = ThreatModel(norm, eps)
-    opts = _parse_options(attack_option)
-    if steps is not None:
-        opts["steps"] = steps
-    atk = build_attack(attack_name, threat, **opts)
-    if target is not None and not 0 <= target < info.num_classes:
-        raise ValueError(f"--target {target} is outside [0, {info.num_classes - 1}]")
-    t0 = time.perf_counter()
-    xs, succ, pred = [], [], []
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-        tb = None if target is None else torch.full_like(yb, target)
-        res = atk.run(model, xb, yb, target=tb)
-        xs.append(res.x_adv)
-        succ.append(res.success)
-        with torch.no_grad():
-            pred.append(model(res.x_adv).argmax(1))
-    seconds = time.perf_counter() - t0
-    x_adv, success, pred_adv = torch.cat(xs), torch.cat(succ), torch.cat(pred)
-    with torch.no_grad():
-        clean_pred = torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-    correct = clean_pred == y
-    delta = (x_adv - x).flatten(1)
-    summary = {
-        "attack": repr(atk), "attack_name": attack_name, "threat": threat.to_dict(), "options": opts,
-        "target": target, "n": len(x), "clean_accuracy": float(correct.float().mean()),
-        "adversarial_accuracy": float((pred_adv == y).float().mean()),
-        "success_rate_on_correct": float((success & correct).float().sum() / max(int(correct.sum()), 1)),
-        "mean_l2": float(delta.norm(dim=1).mean()), "max_linf": float(delta.abs().amax(1).max()),
-        "seconds": round(seconds, 3),
-    }
-    outp = Path(out)
-    atomic_save_safetensors({"x": x.cpu(), "x_adv": x_adv.cpu(), "y": y.cpu(), "pred_adv": pred_adv.cpu(),
-                             "clean_pred": clean_pred.cpu()}, outp / "adversarial.safetensors")
-    atomic_write_json(outp / "summary.json", summary)
-    click.echo(f"{attack_name}: clean {summary['clean_accuracy']:.4f} -> adversarial {summary['adversarial_accuracy']:.4f}, "
-               f"success on correct {summary['success_rate_on_correct']:.4f} ({seconds:.1f}s); written to {outp}")
+    s = attack_run(run, out, attack=attack_name, norm=norm, eps=eps, steps=steps, target=target,
+                   options=_parse_options(attack_option), n=n, batch_size=batch_size, device=device)
+    click.echo(f"{attack_name}: clean {s['clean_accuracy']:.4f} -> adversarial {s['adversarial_accuracy']:.4f}, "
+               f"success on correct {s['success_rate_on_correct']:.4f} ({s['seconds']:.1f}s); written to {Path(out)}")
 
 
 # --- evaluate --------------------------------------------------------------------------------
@@ -319,93 +244,33 @@ def attack(run, attack_name, norm, eps, steps, target, attack_option, n, batch_s
 def evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as_json, surrogate, with_checks,
              iterations_text, with_corruptions, nproc, device, quiet) -> None:
     """Clean accuracy, and robust accuracy under attacks or a suite; writes RUN/metrics.json."""
+    from .distributed import relaunch, shutdown
+    from .runs import evaluate_run
+    from .storage.layout import METRICS_FILE
+
     if nproc != 1:
-        from .distributed import relaunch
-
         sys.exit(relaunch(nproc, _argv_without_nproc(sys.argv[1:])))
-    from .distributed import init_from_env, shutdown
-
+    eps = _parse_floats(eps_text, "--eps")
+    iterations = _parse_floats(iterations_text, "--iterations", whole=True) if iterations_text is not None else None
     try:
-        _evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as_json, surrogate, with_checks,
-                  iterations_text, with_corruptions, device, quiet, init_from_env)
+        metrics = evaluate_run(run, attacks=attack_names.split(",") if attack_names else None, suite=suite, eps=eps,
+                               norm=norm, steps=steps, n=n, batch_size=batch_size, surrogate=surrogate,
+                               checks=with_checks, iterations=iterations, corruptions=with_corruptions, device=device,
+                               progress=not quiet)
     finally:
         shutdown()
-
-
-def _parse_steps(text: str) -> list[int]:
-    vals = _parse_floats(text, "--iterations")
-    if any(v != int(v) or v < 1 for v in vals):
-        raise ValueError(f"--iterations must be whole numbers >= 1, got {text!r}")
-    return [int(v) for v in vals]
-
-
-def _evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as_json, surrogate, with_checks,
-              iterations_text, with_corruptions, device, quiet, init_from_env) -> None:
-    from .attacks import build_attack
-    from .storage.checkpoint import load_model
-    from .evaluation.evaluate import clean_accuracy, evaluate as run_eval
-    from .runs.train import load_run_data, resolve_device
-    from .threat import ThreatModel
-    from .training import write_metrics
-
-    # every list checked before any work
-    eps_values = _parse_floats(eps_text, "--eps")
-    threats = [ThreatModel(norm, eps) for eps in eps_values]
-    steps_list = _parse_steps(iterations_text) if iterations_text is not None else None
-    if attack_names and suite:
-        raise ValueError("give --attacks or --suite, not both")
-    dev = init_from_env(resolve_device(device))
-    model = load_model(run, map_location=dev)
-    x, y, _ = load_run_data(run, "test", dev, limit=n)
-    surrogate_model = load_model(surrogate, map_location=dev) if surrogate else None
-    t0 = time.perf_counter()
-    clean = clean_accuracy(model, x, y, batch_size)
-    # The run's headline clean_accuracy is the full test set's; a subset (--n) is kept apart.
-    metrics: dict[str, Any] = {"evaluated_samples": len(y), "evaluation_clean_accuracy": clean}
-    if n is None:
-        metrics["clean_accuracy"] = clean
-    if attack_names or suite:
-        curve = []
-        for eps, threat in zip(eps_values, threats):
-            if suite:
-                attacks: Any = suite
-            else:
-                attacks = []
-                for name in [a.strip().lower() for a in attack_names.split(",") if a.strip()]:
-                    attacks.append(_cli_attack(name, threat, steps, surrogate_model))
-            res = run_eval(model, x, y, threat, attacks, batch_size=batch_size, progress=not quiet, checks=with_checks)
-            curve.append({"eps": eps, "robust_accuracy": res.robust_accuracy, "per_attack": res.per_attack,
-                          "details": res.to_dict(per_sample=False), "checks": res.checks, "result": res})
-        head = curve[0]  # the first --eps value is the headline budget; the rest make the curve
-        metrics.update({"robust_accuracy": head["robust_accuracy"], "per_attack": head["per_attack"],
-                        "eps": head["eps"], "norm": norm, "suite": suite, "evaluation": head["details"],
-                        "eps_curve": None, "checks": head["checks"] or None})
-        if len(curve) > 1:
-            metrics["eps_curve"] = [{k: c[k] for k in ("eps", "robust_accuracy", "per_attack")} for c in curve]
-        metrics["iterations_curve"] = None  # a curve from an earlier evaluation may not match this one
-    if steps_list is not None:
-        from .evaluation.curves import iterations_metrics
-
-        kind = "pgd" if (attack_names or "").strip().lower() == "pgd" else "apgd"
-        metrics.update(iterations_metrics(model, x, y, threats[0], steps_list, attack=kind, batch_size=batch_size,
-                                          progress=not quiet))
-    if with_corruptions:
-        from .evaluation.corruptions import corruption_metrics
-
-        metrics.update(corruption_metrics(model, x, y, batch_size=batch_size))
-    metrics["evaluate_seconds"] = round(time.perf_counter() - t0, 2)
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    if attack_names or suite:
-        from .storage.checkpoint import atomic_write_text
-
-        # The headline result with per-sample outcomes (schema: docs/results-schema.md).
-        atomic_write_text(Path(run) / "evaluation.json", curve[0]["result"].to_json(per_sample=True))
-    write_metrics(run, metrics)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
         return
-    click.echo(f"clean accuracy   {clean:.4f}  ({len(y)} test images)")
+    _print_metrics(metrics, norm)
+    click.echo(f"metrics written to {Path(run) / METRICS_FILE}")
+
+
+def _print_metrics(metrics: dict[str, Any], norm: str) -> None:
+    """The table ``evaluate`` prints (without --json)."""
+    click.echo(f"clean accuracy   {metrics['evaluation_clean_accuracy']:.4f}  ({metrics['evaluated_samples']} test images)")
     if "per_attack" in metrics:
         for name, acc in metrics["per_attack"].items():
             click.echo(f"{name:<16} {acc:.4f}")
@@ -420,10 +285,9 @@ def _evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as
             click.echo(f"{name:<16} " + " ".join(f"{row[s]:7.4f}" for s in sevs))
         click.echo(f"mean corruption accuracy {metrics['mean_corruption_accuracy']:.4f}")
     if metrics.get("checks"):
-        from .evaluation.checks import format_checks
+        from .evaluation import format_checks
 
         click.echo(format_checks(metrics["checks"]))
-    click.echo(f"metrics written to {Path(run) / 'metrics.json'}")
 
 
 # --- demo ------------------------------------------------------------------------------------
@@ -456,9 +320,9 @@ def demo(out, epochs, robust_epochs, train_limit, n_eval, device, quiet) -> None
 @click.option("--device", default="auto", show_default=True)
 def report(runs, out, eps, norm, n_examples, no_artifacts, device) -> None:
     """An HTML report (self-contained, with figures) on one or more runs: RUN [RUN ...]."""
-    from .runs.artifacts import read_manifest, write_artifacts
-    from .storage.checkpoint import MODEL_WEIGHTS
-    from .report.build import build_report
+    from .report import build_report
+    from .runs.artifacts import refresh_artifacts
+    from .storage.layout import MODEL_WEIGHTS
     from .threat import ThreatModel
 
     threat = ThreatModel(norm, eps)  # bad --norm / --eps: ValueError, exit 2
@@ -467,30 +331,21 @@ def report(runs, out, eps, norm, n_examples, no_artifacts, device) -> None:
     if n_examples < 1:
         raise ValueError(f"--n-examples must be >= 1, got {n_examples}")
     if not no_artifacts:
-        first_with_artifacts = None
-        for run in runs:
-            have = read_manifest(run)
-            fresh = (have is not None and have.get("eps") == threat.eps and have.get("norm") == threat.norm
-                     and have.get("n_examples") == n_examples)
-            if fresh:
-                click.echo(f"artifacts of {run} are up to date")
-            elif not (Path(run) / MODEL_WEIGHTS).is_file():
-                click.echo(f"no {MODEL_WEIGHTS} in {run}: report without artifacts", err=True)
-                continue
+        for done in refresh_artifacts(runs, n_examples=n_examples, eps=threat.eps, norm=threat.norm, device=device):
+            if done["status"] == "fresh":
+                click.echo(f"artifacts of {done['run']} are up to date")
+            elif done["status"] == "no-model":
+                click.echo(f"no {MODEL_WEIGHTS} in {done['run']}: report without artifacts", err=True)
             else:
-                t0 = time.perf_counter()
-                write_artifacts(run, n_examples=n_examples, eps=threat.eps, norm=threat.norm, device=device,
-                                compare_run=first_with_artifacts)
-                click.echo(f"artifacts of {run} written ({time.perf_counter() - t0:.1f}s)")
-            first_with_artifacts = first_with_artifacts or run
-    path = build_report([Path(r) for r in runs], Path(out))
-    click.echo(str(path))
+                click.echo(f"artifacts of {done['run']} written ({done['seconds']:.1f}s)")
+    click.echo(str(build_report([Path(r) for r in runs], Path(out))))
 
 
 # --- train-detector --------------------------------------------------------------------------
 @main.command("train-detector")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("--attack", "attack_name", default="pgd", show_default=True, help="Attack that makes the training examples.")
+@click.option("--attack", "attack_name", default="pgd", show_default=True,
+              help="Attack that makes the training examples (gradient attacks with steps, e.g. pgd, take --steps).")
 @click.option("--eps", type=float, default=0.1, show_default=True)
 @click.option("--norm", default="linf", show_default=True)
 @click.option("--steps", type=int, default=10, show_default=True, help="Iterations of the (iterative) training attack.")
@@ -516,53 +371,22 @@ def train_detector_cmd(run, attack_name, eps, norm, steps, eval_steps, attack_op
                        layer, lam, adaptive_loss, kappa, det_margin, fpr, seed, batch_size, out, device) -> None:
     """Train a SafetyNet-style adversarial-example detector on RUN's features; report detection
     under the plain and an adaptive attack; write OUT/detector.safetensors, detector.json, metrics.json."""
-    from .attacks import build_attack
-    from .storage.checkpoint import atomic_write_json, load_model
-    from .detection.detector import detector_experiment
-    from .runs.train import load_run_data, resolve_device
-    from .threat import ThreatModel
+    from .runs import detector_run
 
-    if n_train < 2 or n_test < 2:
-        raise ValueError("--n-train and --n-test must be >= 2")
-    if not 0 < fpr < 1:
-        raise ValueError(f"--fpr must be in (0, 1), got {fpr}")
-    dev = resolve_device(device)
-    model = load_model(run, map_location=dev)
-    x_tr, y_tr, _ = load_run_data(run, "train", dev)
-    x_tr, y_tr = x_tr[:n_train], y_tr[:n_train]
-    x_te, y_te, _ = load_run_data(run, "test", dev, limit=n_test)
-    threat = ThreatModel(norm, eps)
-    opts = _parse_options(attack_option)
-    iterative = attack_name.lower() in ("pgd", "mim", "cw")
-    if iterative:
-        opts.setdefault("steps", steps)
-    if attack_name.lower() in ("pgd", "noise"):
-        opts.setdefault("seed", seed)
-    atk = build_attack(attack_name, threat, **opts)
-    eval_opts = {**opts, "steps": eval_steps} if iterative else dict(opts)
-    if attack_name.lower() in ("pgd", "noise"):
-        eval_opts["seed"] = seed + 1  # other random starts than the training examples had
-    eval_atk = build_attack(attack_name, threat, **eval_opts)
-    sizes = tuple(int(h) for h in hidden.split(",") if h.strip())
-    t0 = time.perf_counter()
-    det, metrics = detector_experiment(
-        model, (x_tr, y_tr), (x_te, y_te), atk, eval_attack=eval_atk, adaptive_steps=eval_steps if iterative else 20,
-        lam=lam, adaptive_loss=adaptive_loss, kappa=None if kappa < 0 else kappa,
-        det_margin=None if det_margin < 0 else det_margin, layer=layer, hidden=sizes, epochs=epochs, seed=seed,
-        target_fpr=fpr, batch_size=batch_size,
-    )
-    metrics.update({"run": str(run), "threat": threat.to_dict(), "seconds": round(time.perf_counter() - t0, 2)})
-    outp = Path(out)
-    det.save(outp, classifier_run=str(Path(run).resolve()), threat=threat.to_dict(), metrics=metrics)
-    atomic_write_json(outp / "metrics.json", metrics)
-    p, a = metrics["plain"], metrics["adaptive"]
-    click.echo(f"features {metrics['layer']} ({metrics['capture']}), {metrics['n_train']} training / {metrics['n']} test images; "
-               f"threshold at {fpr:.0%} FPR on clean test (actual {metrics['false_positive_rate']:.3f})")
+    m = detector_run(run, out, attack=attack_name, eps=eps, norm=norm, steps=steps, eval_steps=eval_steps,
+                     options=_parse_options(attack_option), n_train=n_train, n_test=n_test, epochs=epochs,
+                     hidden=tuple(int(h) for h in hidden.split(",") if h.strip()), layer=layer, lam=lam,
+                     adaptive_loss=adaptive_loss, kappa=None if kappa < 0 else kappa,
+                     det_margin=None if det_margin < 0 else det_margin, fpr=fpr, seed=seed, batch_size=batch_size,
+                     device=device)
+    click.echo(f"features {m['layer']} ({m['capture']}), {m['n_train']} training / {m['n']} test images; "
+               f"threshold at {fpr:.0%} FPR on clean test (actual {m['false_positive_rate']:.3f})")
     click.echo(f"{'':10} {'success':>8} {'ROC AUC':>8} {'detect':>8} {'det|succ':>8} {'fool+evade':>10}")
-    for name, r in (("plain", p), ("adaptive", a)):
+    for name in ("plain", "adaptive"):
+        r = m[name]
         click.echo(f"{name:10} {r['success_rate']:8.4f} {r['roc_auc']:8.4f} {r['detection_rate']:8.4f} "
                    f"{r['detection_rate_on_successful']:8.4f} {r['fool_and_evade']:10.4f}")
-    click.echo(f"written to {outp} ({metrics['seconds']:.0f}s)")
+    click.echo(f"written to {Path(out)} ({m['seconds']:.0f}s)")
 
 
 # --- noisy-student ---------------------------------------------------------------------------
@@ -599,8 +423,8 @@ def noisy_student_cmd(dataset, data_root, labelled, unlabelled, iterations, epoc
                       stochastic_depth, eps, pgd_steps, eval_n, test_limit, batch_size, lr, seed, out, device, quiet) -> None:
     """Noisy Student self-training: teacher on --labelled images, noisy students on labelled +
     pseudo-labelled --unlabelled images; clean and PGD accuracy of every generation."""
-    from .training.noisy_student import NoisyStudentConfig, run_noisy_student
     from .training import TrainConfig
+    from .training.noisy_student import NoisyStudentConfig, run_noisy_student
 
     cfg = NoisyStudentConfig(
         model=model_name, teacher_options=_parse_options(teacher_option), student_options=_parse_options(student_option),
@@ -612,10 +436,10 @@ def noisy_student_cmd(dataset, data_root, labelled, unlabelled, iterations, epoc
     t0 = time.perf_counter()
     result = run_noisy_student(dataset, labelled, unlabelled, cfg, tc, out_dir=out, data_root=data_root, device=device,
                                test_limit=test_limit)
-    key = f"pgd{pgd_steps}_accuracy"
     click.echo(f"{'model':10} {'params':>8} {'clean':>7} {('PGD-' + str(pgd_steps)):>7} {'train s':>8}")
     for m in result.metrics:
-        click.echo(f"{m['role']:10} {m['parameters']:8d} {m['clean_accuracy']:7.4f} {m.get(key, float('nan')):7.4f} "
+        click.echo(f"{m['role']:10} {m['parameters']:8d} {m['clean_accuracy']:7.4f} "
+                   f"{m.get(cfg.robust_metric, float('nan')):7.4f} "
                    f"{m['train_seconds']:8.1f}")
     click.echo(f"written to {out} ({time.perf_counter() - t0:.0f}s)")
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import click
 
-from .runs.train import RunSpec, train_run
+from .runs import RunSpec, train_run
+from .storage.layout import CONFIG_FILE, METRICS_FILE, STATE_FILE
 from .training import TrainConfig
-from .training.loop import STATE_FILE
 
 EPS = 0.1
 N_EVAL = 1000
@@ -29,7 +29,7 @@ CHECKS_SCALE = 0.25  # the gradient-masking checks at a quarter of their default
 def _finished(run: Path, spec: RunSpec, epochs: int) -> bool:
     """A finished run of this very spec is in ``run``. A run of another spec there is an error:
     reusing it would silently report other settings, retraining would destroy it."""
-    metrics, config = run / "metrics.json", run / "config.json"
+    metrics, config = run / METRICS_FILE, run / CONFIG_FILE
     if config.is_file():
         saved = json.loads(config.read_text()).get("spec") or {}
         wanted = json.loads(json.dumps(spec.to_dict()))  # as JSON stores it (tuples become lists)
@@ -46,7 +46,7 @@ def train_step(run: Path, spec: RunSpec, config: TrainConfig, device: str, label
     """Train ``spec`` into ``run`` unless a finished run of it with the same epochs is already there."""
     if _finished(run, spec, config.epochs):
         click.echo(f"{label}: reusing finished run {run}")
-        return json.loads((run / "metrics.json").read_text())
+        return json.loads((run / METRICS_FILE).read_text())
     resume = (run / STATE_FILE).is_file()
     click.echo(f"{label}: {'resuming' if resume else 'training'} {spec.model} on {spec.dataset}, "
                f"defense {spec.defense}, {config.epochs} epochs -> {run}")
@@ -76,9 +76,9 @@ def run_demo(out: Path, epochs: int = 8, robust_epochs: int = 5, device: str = "
         raise ValueError(f"train_limit must be >= 1, got {train_limit}")
     if n_eval < 1:
         raise ValueError(f"n_eval must be >= 1, got {n_eval}")
-    from .storage.checkpoint import load_model
-    from .evaluation.evaluate import evaluate
-    from .runs.train import load_run_data, resolve_device
+    from .evaluation import evaluate
+    from .runs import load_run_data, resolve_device
+    from .storage import load_model
     from .threat import ThreatModel
     from .training import write_metrics
 
@@ -101,9 +101,7 @@ def run_demo(out: Path, epochs: int = 8, robust_epochs: int = 5, device: str = "
 
     click.echo(f"[3/5] attacking {n_eval} test images at Linf eps={EPS} (each attack on its own; worst case per "
                "sample), then accuracy vs eps and vs iterations, the gradient-masking checks and common corruptions")
-    from .evaluation.checks import format_checks, run_checks
-    from .evaluation.corruptions import corruption_metrics
-    from .evaluation.curves import eps_curve, iterations_metrics
+    from .evaluation import corruption_metrics, eps_curve, format_checks, iterations_metrics, run_checks
 
     table: dict[str, dict[str, float]] = {}
     for name, run in runs.items():
@@ -130,8 +128,8 @@ def run_demo(out: Path, epochs: int = 8, robust_epochs: int = 5, device: str = "
         click.echo(f"      {r:<12}" + "".join(f"{table[n][r]:>12.4f}" for n in table))
 
     click.echo("[4/5] report artifacts (adversarial examples, feature maps, loss surface, filters, class images)")
+    from .report import build_report
     from .runs.artifacts import write_artifacts
-    from .report.build import build_report
 
     first = None
     for run in runs.values():

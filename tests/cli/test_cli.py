@@ -102,6 +102,8 @@ def test_attack_saves_examples_and_summary(digits_run, tmp_path):
         (["evaluate", "{run}", "--attacks", "fgsmm"], "unknown attack"),
         (["evaluate", "{run}", "--iterations", "10,0"], "--iterations must be whole numbers >= 1"),
         (["evaluate", "{run}", "--iterations", "ten"], "--iterations must be a comma-separated list"),
+        (["evaluate", "{run}", "--iterations", "10,inf"], "--iterations must be whole numbers >= 1"),
+        (["evaluate", "{run}", "--iterations", "nan"], "--iterations must be whole numbers >= 1"),
         (["evaluate", "{run}", "--attacks", "pgd", "--suite", "quick"], "not both"),
         (["evaluate", "{run}", "--norm", "l3", "--attacks", "pgd"], "unknown norm"),
         (["attack", "{run}", "--target", "12", "--out", "{tmp}/a", "--n", "5"], "--target 12"),
@@ -132,3 +134,53 @@ def test_resume_refuses_changed_settings(tmp_path):
     res = CliRunner().invoke(main, ["train", "--resume", str(tmp_path), "--epochs", "20", "--model", "mlp"])
     assert res.exit_code == 2
     assert "--model, --epochs cannot be changed" in res.output
+
+
+def test_evaluate_and_attack_are_library_functions(digits_run, tmp_path):
+    """What the commands print comes from robustlab.runs: plain dicts, also written to the run."""
+    from robustlab.runs import attack_run, evaluate_run
+    from robustlab.storage.layout import ATTACK_SUMMARY, EVALUATION_FILE, METRICS_FILE
+
+    m = evaluate_run(digits_run, attacks=["fgsm"], eps=[0.1, 0.2], n=60, device="cpu", progress=False)
+    assert m["evaluated_samples"] == 60 and set(m["per_attack"]) == {"fgsm"} and "clean_accuracy" not in m
+    assert [c["eps"] for c in m["eps_curve"]] == [0.1, 0.2]
+    saved = json.loads((digits_run / METRICS_FILE).read_text())
+    assert saved["per_attack"] == m["per_attack"] and saved["robust_accuracy"] == m["robust_accuracy"]
+    assert json.loads((digits_run / EVALUATION_FILE).read_text())["n"] == 60
+    s = attack_run(digits_run, tmp_path / "adv", attack="fgsm", eps=0.1, n=30, device="cpu")
+    assert s == json.loads((tmp_path / "adv" / ATTACK_SUMMARY).read_text()) and s["n"] == 30
+
+
+def test_train_detector_steps_rule_comes_from_the_registry():
+    """Gradient attacks with a 'steps' option get --steps / --eval-steps; the others are built as
+    they are; every attack with a seed gets --seed for training and --seed + 1 for testing."""
+    from robustlab.attacks import ATTACKS
+    from robustlab.runs.detector import detector_attacks, iterative_whitebox
+    from robustlab.threat import ThreatModel
+
+    iterative = {n for n in ATTACKS if iterative_whitebox(n)}
+    assert {"pgd", "mim", "cw", "apgd"} <= iterative and not iterative & {"fgsm", "noise", "square", "nes", "transfer"}
+    assert not iterative_whitebox("no-such-attack")
+    threat = ThreatModel("linf", 0.1)
+    train, test = detector_attacks("PGD", threat, steps=3, eval_steps=7, seed=5)
+    assert (train.steps, train.seed, test.steps, test.seed) == (3, 5, 7, 6)
+    train, test = detector_attacks("fgsm", threat, steps=3, eval_steps=7, options={"loss": "margin"}, seed=2)
+    assert not hasattr(train, "steps") and (train.seed, test.seed) == (2, 3)
+
+
+def test_monitor_spec():
+    from robustlab.runs import monitor_spec
+
+    assert monitor_spec("none", 0.1) is None and monitor_spec(None) is None
+    assert monitor_spec("pgd", None, 0.3, "l2") == {"attack": "pgd", "eps": 0.3, "norm": "l2", "steps": 20,
+                                                   "rel_step_size": 0.1, "seed": 0}
+    assert monitor_spec("fgsm") == {"attack": "fgsm", "eps": 0.1, "norm": "linf"}
+    with pytest.raises(ValueError, match="--monitor-eps must be > 0"):
+        monitor_spec("pgd", 0.0)
+
+
+def test_argv_without_nproc():
+    from robustlab.cli import _argv_without_nproc
+
+    assert _argv_without_nproc(["train", "--nproc", "2", "--out", "r", "--nproc=3", "--quiet"]) == [
+        "train", "--out", "r", "--quiet"]

@@ -9,6 +9,7 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.state import assert_same_state, snapshot
 from safetensors.torch import load_file
 from torch import nn
 
@@ -135,33 +136,20 @@ def _bn_denoise_model():
                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, 10))
 
 
-def _snapshot(model):
-    return ({k: v.clone() for k, v in model.state_dict().items()}, [m.training for m in model.modules()],
-            [p.requires_grad for p in model.parameters()], [None if p.grad is None else p.grad.clone() for p in model.parameters()])
-
-
-def _same(a, b):
-    sa, ma, ra, ga = a
-    sb, mb, rb, gb = b
-    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert ma == mb and ra == rb
-    assert all((u is None and v is None) or torch.equal(u, v) for u, v in zip(ga, gb))
-
-
 def test_model_work_leaves_the_model_untouched(test_data):
     x, y = test_data
     model = _bn_denoise_model()
     model.train()  # BatchNorm would update its statistics in train mode
     model[0].weight.requires_grad_(False)
     model[-1].weight.grad = torch.ones_like(model[-1].weight)
-    before = _snapshot(model)
+    before = snapshot(model)
     threat = ThreatModel("linf", EPS)
     ex, _ = adversarial_examples(model, x[:4], y[:4], threat)
     maps, layers = feature_maps(model, x[0], ex["x_adv"][0])
     loss_surface(model, x[0], int(y[0]), threat)
     class_visualisations(model, 10, (1, 8, 8), steps=5)
     first_layer_filters(model)
-    _same(before, _snapshot(model))
+    assert_same_state(model, before)
     assert model.training
     assert all(not m._forward_hooks for m in model.modules())  # hooks removed
     # the denoising block's input and output are captured for the same channel

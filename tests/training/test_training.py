@@ -4,14 +4,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from robustlab.storage import load_model
 from robustlab.models import build_model
 from robustlab.runs import RunSpec, train_run
+from robustlab.storage import load_model
 from robustlab.training import Clean, TrainConfig, accuracy, read_history, train
 
 
@@ -181,3 +180,36 @@ def test_signal_mid_epoch_in_process_resumes_exactly(digits, tmp_path):
     for k, v in full.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
     assert read_history(tmp_path / "full")[-1]["train_loss"] == pytest.approx(read_history(tmp_path / "part")[-1]["train_loss"], abs=1e-6)
+
+
+def test_read_history_is_the_layouts():
+    from robustlab.storage import layout
+    from robustlab.training import loop
+
+    assert read_history is layout.read_history and loop.STATE_FILE == layout.STATE_FILE
+
+
+def test_nan_logits_are_refused_and_a_last_step_divergence_is_a_floating_point_error(digits):
+    """accuracy() is the shared predict(): NaN logits are a ValueError. Weights that turn NaN in
+    the last step of a run (the loss was still finite) end it as a diverged loss does."""
+    import torch.nn.functional as F
+
+    xtr, ytr, xte, yte = digits
+    model = _small()
+    broken = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    with torch.no_grad():
+        broken[1].weight.fill_(float("nan"))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        accuracy(broken, xte, yte)
+    assert accuracy(model, xte[:0], yte[:0]) == 0.0
+
+    class NaNGradients(Clean):
+        def __call__(self, model, x, y):
+            logits = model(x)
+            logits.register_hook(lambda g: torch.full_like(g, float("nan")))
+            loss = F.cross_entropy(logits, y)
+            return loss, {"loss": loss.detach()}
+
+    cfg = TrainConfig(epochs=1, batch_size=len(xtr), progress=False)
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        train(model, NaNGradients(), (xtr, ytr), (xte, yte), cfg)

@@ -28,10 +28,10 @@ found (modes, parameters, buffers, ``requires_grad``, ``.grad``); hooks are remo
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,11 +39,10 @@ from torch import nn
 
 from .._torch import model_guard
 from ..attacks import PGD
-from ..storage.checkpoint import atomic_save_safetensors, atomic_write_json, environment_info
+from ..storage import atomic_save_safetensors, atomic_write_json, environment_info
+from ..storage.layout import ARTIFACTS_DIR, MANIFEST, MODEL_WEIGHTS, read_json
 from ..threat import ThreatModel
 
-ARTIFACTS_DIR = "artifacts"
-MANIFEST = "artifacts.json"
 SCHEMA_VERSION = 1
 FILES = {
     "examples": "examples.safetensors",
@@ -304,11 +303,7 @@ def class_visualisations(model: nn.Module, num_classes: int, shape: Sequence[int
 # --- the run-level entry point -----------------------------------------------------------------
 def read_manifest(run_dir: str | Path) -> dict[str, Any] | None:
     """The run's artifacts manifest, or None when there is none (or it is unreadable)."""
-    p = Path(run_dir) / ARTIFACTS_DIR / MANIFEST
-    try:
-        d = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
+    d = read_json(Path(run_dir) / ARTIFACTS_DIR / MANIFEST)
     return d if isinstance(d, dict) else None
 
 
@@ -321,7 +316,7 @@ def write_artifacts(run_dir: str | Path, n_examples: int = 8, eps: float = 0.1, 
     correctly, so two models are shown the same inputs.
     Returns the manifest's path.
     """
-    from ..storage.checkpoint import load_model
+    from ..storage import load_model
     from .train import load_run_data, resolve_device
 
     if isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples < 1:
@@ -396,6 +391,32 @@ def write_artifacts(run_dir: str | Path, n_examples: int = 8, eps: float = 0.1, 
     return out / MANIFEST
 
 
+def refresh_artifacts(runs: Sequence[str | Path], n_examples: int = 8, eps: float = 0.1, norm: str = "linf",
+                      device: str = "cpu") -> Iterator[dict[str, Any]]:
+    """Bring the artifacts of every run up to date for a report (``robustlab report``), one run
+    after another, yielding ``{"run", "status", "seconds"}`` as each is done: status ``fresh``
+    (its manifest already has these eps, norm and n_examples), ``no-model`` (no weights: the
+    report shows it without artifacts) or ``written``. The first run with artifacts is the
+    others' ``compare_run``, so all runs show the same inputs where they can."""
+    threat = ThreatModel(norm, eps)
+    first_with_artifacts = None
+    for run in runs:
+        have = read_manifest(run)
+        t0 = time.perf_counter()
+        if (have is not None and have.get("eps") == threat.eps and have.get("norm") == threat.norm
+                and have.get("n_examples") == n_examples):
+            status = "fresh"
+        elif not (Path(run) / MODEL_WEIGHTS).is_file():
+            yield {"run": run, "status": "no-model", "seconds": 0.0}
+            continue
+        else:
+            write_artifacts(run, n_examples=n_examples, eps=threat.eps, norm=threat.norm, device=device,
+                            compare_run=first_with_artifacts)
+            status = "written"
+        first_with_artifacts = first_with_artifacts or run
+        yield {"run": run, "status": status, "seconds": time.perf_counter() - t0}
+
+
 __all__ = [
     "ARTIFACTS_DIR",
     "FILES",
@@ -406,6 +427,7 @@ __all__ = [
     "first_layer_filters",
     "loss_surface",
     "read_manifest",
+    "refresh_artifacts",
     "select_examples",
     "write_artifacts",
 ]

@@ -1,8 +1,9 @@
-"""Run directories: a training run from one JSON-able spec, and what lives in its folder.
+"""Run directories: a training run from one JSON-able spec.
 
 A run directory holds ``config.json`` (the spec: data, model, defence, training), ``model.safetensors``
 and ``model.json`` (the checkpoint), ``history.jsonl`` (one line per epoch), ``train_state.safetensors``
-(to resume) and ``metrics.json``. The CLI, the demo and the tests all go through :func:`train_run`.
+(to resume) and ``metrics.json``; the names live in :mod:`robustlab.storage.layout`. The CLI, the
+demo and the tests all go through :func:`train_run`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from typing import Any
 
 import torch
 
-from ..storage.checkpoint import atomic_write_json, ensure_writable_dir
-from ..training.loop import STATE_FILE, TrainConfig, sharded_accuracy, train, write_metrics
+from ..storage import atomic_write_json, ensure_writable_dir
+from ..storage.layout import CONFIG_FILE, STATE_FILE
+from ..training.loop import TrainConfig, sharded_accuracy, train, write_metrics
 
-CONFIG_FILE = "config.json"
+MONITOR_EPS = 0.1  # the monitor attack's budget when neither --monitor-eps nor --eps is given
+MONITOR_PGD = {"steps": 20, "rel_step_size": 0.1, "seed": 0}  # the per-epoch PGD monitor's settings
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -71,11 +74,27 @@ def load_split(spec: RunSpec, split: str, device: torch.device) -> tuple[torch.T
     return x.to(device), y.to(device), info
 
 
-def build_objective(spec: RunSpec, info: Any) -> Any:
-    """The per-batch objective for ``spec.defense`` (see :mod:`robustlab.training.objectives`)."""
-    from ..training.objectives import build_objective as factory
+def objective_for_spec(spec: RunSpec) -> Any:
+    """The per-batch objective for ``spec.defense`` (see :func:`robustlab.training.build_objective`)."""
+    from ..training import build_objective
 
-    return factory(spec.defense, **spec.defense_options)
+    return build_objective(spec.defense, **spec.defense_options)
+
+
+def monitor_spec(attack: str | None, eps: float | None = None, defense_eps: float | None = None,
+                 norm: str | None = None) -> dict[str, Any] | None:
+    """The ``RunSpec.monitor`` for ``train --monitor-attack/--monitor-eps``: None for no attack or
+    'none'; the budget is ``eps``, else the defence's ``defense_eps``, else 0.1; PGD gets 20 seeded
+    steps of 0.1 * eps."""
+    if not attack or attack.lower() == "none":
+        return None
+    if eps == 0:  # negative, nan and inf are refused by the threat model itself
+        raise ValueError("--monitor-eps must be > 0, got 0 (--monitor-attack none turns the monitor off)")
+    budget = eps if eps is not None else (defense_eps if defense_eps else MONITOR_EPS)
+    monitor: dict[str, Any] = {"attack": attack, "eps": budget, "norm": norm or "linf"}
+    if attack == "pgd":
+        monitor.update(MONITOR_PGD)
+    return monitor
 
 
 def build_monitor(spec: RunSpec) -> Any | None:
@@ -92,9 +111,8 @@ def build_monitor(spec: RunSpec) -> Any | None:
 
 def train_run(spec: RunSpec, run_dir: str | Path, config: TrainConfig, device: str = "auto", resume: bool = False) -> dict[str, Any]:
     """Train (or resume) the run in ``run_dir`` and return its metrics."""
-    from ..models.zoo import build_model
-
     from ..distributed import dist_info, init_from_env, wrap
+    from ..models import build_model
 
     run = Path(run_dir)
     dev = init_from_env(resolve_device(device))
@@ -127,7 +145,7 @@ def train_run(spec: RunSpec, run_dir: str | Path, config: TrainConfig, device: s
     metadata = {"dataset": info.to_dict(), "spec": spec.to_dict()}
     if spec.defense == "offline":
         return _offline_run(spec, run, config, (x_tr, y_tr), (x_te, y_te), info, opts, metadata, resume)
-    objective = build_objective(spec, info)
+    objective = objective_for_spec(spec)
     model = wrap(model, dev, config.sync_batchnorm)
     result = train(
         model,
@@ -160,7 +178,7 @@ def load_run_data(run_dir: str | Path, split: str = "test", device: str | torch.
     if cfg_path.is_file():
         spec = RunSpec.from_dict(json.loads(cfg_path.read_text())["spec"])
     else:
-        from ..storage.checkpoint import read_model_metadata
+        from ..storage import read_model_metadata
 
         meta = read_model_metadata(run)
         spec = RunSpec(dataset=meta.get("dataset", {}).get("name", "fashion-mnist"))
@@ -169,9 +187,10 @@ def load_run_data(run_dir: str | Path, split: str = "test", device: str | torch.
     return load_split(spec, split, dev)
 
 
-def _offline_run(spec: RunSpec, run: Path, config: TrainConfig, train_data, test_data, info, opts, metadata, resume: bool) -> dict[str, Any]:
+def _offline_run(spec: RunSpec, run: Path, config: TrainConfig, train_data, test_data, info, opts, metadata,
+                 resume: bool) -> dict[str, Any]:
     """The slides' offline retraining pipeline (see :mod:`robustlab.training.offline`)."""
-    from ..models.zoo import build_model
+    from ..models import build_model
     from ..training.offline import offline_retraining
 
     if resume:

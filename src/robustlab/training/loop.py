@@ -14,28 +14,21 @@ import json
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._torch import predict
 from ..distributed import average_buffers, dist_info, sum_across_ranks, unwrap
-from .._torch import model_guard
-from ..storage.checkpoint import (
-    atomic_write_json,
-    atomic_write_text,
-    load_state,
-    remove_stale_temp_files,
-    save_model,
-    save_state,
-)
+from ..storage import atomic_write_json, atomic_write_text, load_state, remove_stale_temp_files, save_model, save_state
+from ..storage.layout import HISTORY_FILE, METRICS_FILE, STATE_FILE, read_json
 from .objectives import Objective
 
-STATE_FILE = "train_state.safetensors"
-HISTORY_FILE = "history.jsonl"
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "step", "onecycle")
 
@@ -102,14 +95,12 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch
     return None
 
 
-@torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    """Clean accuracy in eval mode (every submodule's mode restored afterwards)."""
-    correct = 0
-    with model_guard(model):
-        for i in range(0, len(x), batch_size):
-            correct += int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
-    return correct / max(len(x), 1)
+    """Clean accuracy in eval mode (every submodule's mode restored afterwards), through the shared
+    :func:`robustlab._torch.predict`: NaN or infinite logits are a ValueError. 0.0 for no samples."""
+    if len(x) == 0:
+        return 0.0
+    return int((predict(model, x, batch_size) == y).sum()) / len(x)
 
 
 def robust_accuracy_of(attack: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
@@ -117,9 +108,7 @@ def robust_accuracy_of(attack: Any, model: nn.Module, x: torch.Tensor, y: torch.
     correct = 0
     for i in range(0, len(x), batch_size):
         xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-        x_adv = attack(model, xb, yb)
-        with torch.no_grad(), model_guard(model):
-            correct += int((model(x_adv).argmax(1) == yb).sum())
+        correct += int((predict(model, attack(model, xb, yb), batch_size) == yb).sum())
     return correct / max(len(x), 1)
 
 
@@ -219,13 +208,7 @@ def train(
             line = _train_epoch(model, objective, opt, sched, x_train, y_train, config, epoch, first, steps_per_epoch,
                                 logs_acc, stop, run, history)
             if test_data is not None:
-                line["clean_accuracy"] = sharded_accuracy(model, *test_data, batch_size=config.eval_batch_size)
-                if monitor_attack is not None:
-                    n = min(config.monitor_n, len(test_data[0]))
-                    line["adv_accuracy"] = sharded_accuracy(
-                        model, test_data[0][:n], test_data[1][:n], config.eval_batch_size, attack=monitor_attack
-                    )
-                    line["adv_attack"] = repr(monitor_attack)
+                line.update(_evaluate_epoch(model, test_data, config, monitor_attack, epoch))
             line["seconds"] = round(time.perf_counter() - line.pop("_t0"), 3)
             history.append(line)
             if on_epoch_end is not None:
@@ -240,8 +223,32 @@ def train(
     return TrainResult(history=history, resumed_from_epoch=start_epoch)
 
 
+def _evaluate_epoch(model: nn.Module, test_data: tuple[torch.Tensor, torch.Tensor], config: TrainConfig,
+                    monitor_attack: Any | None, epoch: int) -> dict[str, Any]:
+    """The epoch's test accuracy (and the monitor attack's). The loss check in the batch loop
+    catches a diverging run at its next batch; a divergence in the epoch's very last step shows
+    here, as NaN/inf weights or logits (``predict`` refuses the latter with a ValueError), and is
+    reported the same way: a FloatingPointError that says to lower the learning rate."""
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):  # the same on every rank
+        raise FloatingPointError(f"the weights became NaN or infinite in epoch {epoch + 1}; lower the learning rate")
+    out: dict[str, Any] = {}
+    try:
+        out["clean_accuracy"] = sharded_accuracy(model, *test_data, batch_size=config.eval_batch_size)
+        if monitor_attack is not None:
+            n = min(config.monitor_n, len(test_data[0]))
+            out["adv_accuracy"] = sharded_accuracy(
+                model, test_data[0][:n], test_data[1][:n], config.eval_batch_size, attack=monitor_attack
+            )
+            out["adv_attack"] = repr(monitor_attack)
+    except ValueError as e:
+        if "NaN or infinite" not in str(e):  # not the logits check of predict / the attacks
+            raise
+        raise FloatingPointError(f"the model diverged in epoch {epoch + 1} ({e}); lower the learning rate") from None
+    return out
+
+
 def _train_epoch(model, objective, opt, sched, x_train, y_train, config: TrainConfig, epoch: int, first: int,
-                 steps_per_epoch: int, logs_acc: dict[str, torch.Tensor], stop: "_StopFlag", run: Path | None,
+                 steps_per_epoch: int, logs_acc: dict[str, torch.Tensor], stop: _StopFlag, run: Path | None,
                  history: list[dict[str, Any]]) -> dict[str, Any]:
     """One epoch of optimiser steps from batch ``first``; returns the epoch's history line (without
     evaluation). On SIGINT/SIGTERM it saves a mid-epoch state and raises TrainingInterrupted."""
@@ -264,7 +271,8 @@ def _train_epoch(model, objective, opt, sched, x_train, y_train, config: TrainCo
         xb, yb = x_train[idx], y_train[idx]
         loss, logs = objective(model, xb, yb)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {float(loss.detach())} at epoch {epoch + 1}, batch {b}; lower the learning rate")
+            raise FloatingPointError(f"training loss became {float(loss.detach())} at epoch {epoch + 1}, batch {b}; "
+                                     "lower the learning rate")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         try:
@@ -272,7 +280,8 @@ def _train_epoch(model, objective, opt, sched, x_train, y_train, config: TrainCo
         except RuntimeError as e:  # e.g. Adam's lr / (1 - beta1) beyond float32 for an absurd --lr
             if "overflow" not in str(e):
                 raise
-            raise FloatingPointError(f"the optimiser step overflowed at epoch {epoch + 1}, batch {b} ({e}); lower the learning rate") from None
+            raise FloatingPointError(f"the optimiser step overflowed at epoch {epoch + 1}, batch {b} ({e}); "
+                                     "lower the learning rate") from None
         if sched is not None:
             sched.step()
         for k, v in logs.items():
@@ -310,7 +319,7 @@ class _StopFlag:
     def __init__(self) -> None:
         self.signum: int | None = None
 
-    def _handler(self, signum, frame) -> None:  # noqa: ANN001
+    def _handler(self, signum, frame) -> None:
         self.signum = signum
 
     @contextlib.contextmanager
@@ -359,21 +368,11 @@ def _write_state(run: Path, model: nn.Module, opt, sched, epoch: int, history, c
     )
 
 
-def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
-    p = Path(run_dir) / HISTORY_FILE
-    if not p.is_file():
-        return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-
-
 def write_metrics(run_dir: str | Path, metrics: dict[str, Any]) -> None:
-    """Merge ``metrics`` into the run's metrics.json (atomically); a key set to None is removed."""
-    p = Path(run_dir) / "metrics.json"
-    old: dict[str, Any] = {}
-    if p.is_file():
-        try:
-            old = json.loads(p.read_text())
-        except json.JSONDecodeError:
-            old = {}
+    """Merge ``metrics`` into the run's metrics.json (atomically); a key set to None is removed.
+    A missing or unreadable metrics.json counts as empty."""
+    p = Path(run_dir) / METRICS_FILE
+    old = read_json(p)
+    old = dict(old) if isinstance(old, dict) else {}
     old.update(metrics)
     atomic_write_json(p, {k: v for k, v in old.items() if v is not None})

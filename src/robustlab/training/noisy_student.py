@@ -26,9 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._torch import model_guard
-from ..attacks.pgd import PGD
+from ..attacks import PGD
+from ..storage import atomic_write_json
+from ..storage.layout import CONFIG_FILE, METRICS_FILE
 from ..threat import ThreatModel
 from .loop import TrainConfig, accuracy, robust_accuracy_of, train, write_metrics
+from .objectives import Clean
 
 Logs = dict[str, Any]
 
@@ -87,20 +90,6 @@ class NoisyObjective:
         return loss, {"loss": loss.detach(), "acc": (logits.detach().argmax(1) == hard).float().mean()}
 
 
-class _CleanCE:
-    """Plain cross-entropy for the first teacher (recorded as objective 'clean')."""
-
-    name = "clean"
-
-    def config(self) -> dict[str, Any]:
-        return {"name": self.name}
-
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        return loss, {"loss": loss.detach(), "acc": (logits.detach().argmax(1) == y).float().mean()}
-
-
 @torch.no_grad()
 def pseudo_label(teacher: nn.Module, x: torch.Tensor, soft: bool = True, temperature: float = 1.0,
                  batch_size: int = 1000) -> torch.Tensor:
@@ -141,8 +130,13 @@ class NoisyStudentConfig:
         if not 0.0 <= self.min_confidence < 1.0:
             raise ValueError(f"min_confidence must be in [0, 1), got {self.min_confidence}")
 
+    @property
+    def robust_metric(self) -> str:
+        """The key of the PGD accuracy in each generation's metrics, e.g. ``pgd20_accuracy``."""
+        return f"pgd{self.eval_steps}_accuracy"
+
     def student_model_options(self) -> dict[str, Any]:
-        from ..models.zoo import MODELS
+        from ..models import MODELS
 
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}: expected one of {', '.join(MODELS)}")
@@ -179,7 +173,7 @@ def _evaluate(model: nn.Module, test: tuple[torch.Tensor, torch.Tensor], cfg: No
     out: dict[str, Any] = {"clean_accuracy": clean, "test_samples": int(len(x))}
     if cfg.eval_steps > 0 and cfg.eval_eps > 0 and n > 0:
         attack = PGD(ThreatModel(cfg.eval_norm, cfg.eval_eps), steps=cfg.eval_steps, seed=0, early_stop=True)
-        out[f"pgd{cfg.eval_steps}_accuracy"] = robust_accuracy_of(attack, model, x[:n], y[:n], batch_size)
+        out[cfg.robust_metric] = robust_accuracy_of(attack, model, x[:n], y[:n], batch_size)
         out["robust_samples"] = n
         out["attack"] = repr(attack)
     out["eval_seconds"] = round(time.perf_counter() - t0, 2)
@@ -201,8 +195,7 @@ def noisy_student(
     pseudo-labelled ``unlabelled``. With ``out_dir``, each model is a run directory in it
     (``teacher``, ``student_1``, ...; ``spec`` is the run's data spec for ``config.json``) and
     ``out_dir/metrics.json`` holds the comparison."""
-    from ..storage.checkpoint import atomic_write_json
-    from ..models.zoo import build_model
+    from ..models import build_model
 
     x_l, y_l = labelled
     if y_l.is_floating_point() or y_l.dim() != 1:
@@ -220,7 +213,7 @@ def noisy_student(
             run.mkdir(parents=True, exist_ok=True)
             sp = {**(spec or {}), "model": cfg.model, "model_options": options, "defense": "noisy-student",
                   "defense_options": {"role": name, **objective.config()}}
-            atomic_write_json(run / "config.json", {"spec": sp, "training": tc.to_dict()})
+            atomic_write_json(run / CONFIG_FILE, {"spec": sp, "training": tc.to_dict()})
             meta["spec"] = sp
         t0 = time.perf_counter()
         train(model, objective, data, None, tc, run_dir=run, metadata=meta)
@@ -236,7 +229,7 @@ def noisy_student(
     t_opts = {"input_size": h, **cfg.teacher_options}
     torch.manual_seed(train_config.seed)
     teacher = build_model(cfg.model, num_classes, c, **t_opts).to(x_l.device)
-    secs = fit(teacher, _CleanCE(), (x_l, y_l), "teacher", train_config.seed, t_opts)
+    secs = fit(teacher, Clean(), (x_l, y_l), "teacher", train_config.seed, t_opts)
     models, labels_used, kept_masks = [teacher], [], []
     metrics = [record(teacher, "teacher", secs, {"train_images": int(len(x_l))})]
 
@@ -270,7 +263,7 @@ def noisy_student(
         }))
     result = NoisyStudentResult(models=models, pseudo_labels=labels_used, kept=kept_masks, metrics=metrics)
     if out is not None:
-        atomic_write_json(out / "metrics.json", {"config": asdict(cfg), "training": train_config.to_dict(),
+        atomic_write_json(out / METRICS_FILE, {"config": asdict(cfg), "training": train_config.to_dict(),
                                                  "generations": metrics})
     return result
 
@@ -290,7 +283,7 @@ def run_noisy_student(
     ``unlabelled`` unlabelled images (their labels are dropped) and run :func:`noisy_student`;
     scored on the test split (first ``test_limit`` images)."""
     from ..data import load_dataset
-    from ..runs.train import resolve_device
+    from ..runs import resolve_device
 
     dev = resolve_device(device)
     x, y, info = load_dataset(dataset, "train", root=data_root)
@@ -314,9 +307,7 @@ def run_noisy_student(
         hard = pl.argmax(1) if pl.is_floating_point() else pl
         m["pseudo_label_agreement_with_truth"] = float((hard[keep] == truth[keep]).float().mean()) if keep.any() else None
     if out_dir is not None:
-        from ..storage.checkpoint import atomic_write_json
-
-        atomic_write_json(Path(out_dir) / "metrics.json", {"config": asdict(cfg), "training": train_config.to_dict(),
+        atomic_write_json(Path(out_dir) / METRICS_FILE, {"config": asdict(cfg), "training": train_config.to_dict(),
                                                            "dataset": info.name, "labelled": labelled,
                                                            "unlabelled": unlabelled, "generations": result.metrics})
     return result

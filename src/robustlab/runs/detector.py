@@ -1,0 +1,109 @@
+"""A SafetyNet-style detector experiment on a run directory (``robustlab train-detector``), built
+on :func:`robustlab.detection.detector_experiment`.
+
+Which attacks get ``--steps``/``--eval-steps``: the registry decides. An attack in
+:data:`robustlab.attacks.ATTACKS` that follows the classifier's gradients (``uses_gradients``)
+and has a ``steps`` option is an iterative white-box attack (pgd, mim, cw, apgd): its training
+examples use ``steps`` iterations, the plain and the adaptive attack on the test images
+``eval_steps``. Any other attack (fgsm, noise, the query and transfer attacks) is used as built;
+the adaptive attack then runs 20 steps. Every attack that takes a ``seed`` gets ``seed`` for the
+training examples and ``seed + 1`` for the test images (other random starts).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..attacks import ATTACKS, Attack, attack_options, build_attack
+from ..storage import atomic_write_json, load_model
+from ..storage.layout import METRICS_FILE
+from ..threat import ThreatModel
+from .train import load_run_data, resolve_device
+
+ADAPTIVE_STEPS = 20  # the adaptive attack's steps when the training attack is not iterative
+
+
+def iterative_whitebox(name: str) -> bool:
+    """True for a registered attack that follows the model's gradients and has a ``steps`` option
+    (see the module docstring); False for any other name, unknown ones included."""
+    cls = ATTACKS.get(str(name).strip().lower())
+    return cls is not None and bool(getattr(cls, "uses_gradients", True)) and "steps" in (attack_options(cls) or [])
+
+
+def detector_attacks(name: str, threat: ThreatModel, steps: int = 10, eval_steps: int = 20,
+                     options: dict[str, Any] | None = None, seed: int = 0) -> tuple[Attack, Attack]:
+    """The attack that makes the detector's training examples and the plain attack on its test
+    images (the rule in the module docstring); ``options`` go to both."""
+    opts = dict(options or {})
+    iterative = iterative_whitebox(name)
+    cls = ATTACKS.get(str(name).strip().lower())
+    seeded = cls is not None and "seed" in (attack_options(cls) or [])
+    if iterative:
+        opts.setdefault("steps", steps)
+    if seeded:
+        opts.setdefault("seed", seed)
+    eval_opts = {**opts, "steps": eval_steps} if iterative else dict(opts)
+    if seeded:
+        eval_opts["seed"] = seed + 1  # other random starts than the training examples had
+    return build_attack(name, threat, **opts), build_attack(name, threat, **eval_opts)
+
+
+def detector_run(
+    run: str | Path,
+    out: str | Path,
+    *,
+    attack: str = "pgd",
+    eps: float = 0.1,
+    norm: str = "linf",
+    steps: int = 10,
+    eval_steps: int = 20,
+    options: dict[str, Any] | None = None,
+    n_train: int = 5000,
+    n_test: int = 1000,
+    epochs: int = 30,
+    hidden: Sequence[int] = (64,),
+    layer: str | None = None,
+    lam: float = 1.0,
+    adaptive_loss: str = "margin",
+    kappa: float | None = 1.0,
+    det_margin: float | None = 1.0,
+    fpr: float = 0.05,
+    seed: int = 0,
+    batch_size: int = 500,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Train a detector on ``run``'s features (``n_train`` training images, clean and attacked),
+    evaluate it on ``n_test`` test images under the plain and an adaptive attack, and write
+    ``OUT/detector.safetensors``, ``OUT/detector.json`` and ``OUT/metrics.json``. Returns the metrics
+    (``plain``/``adaptive`` rows, threshold at ``fpr`` false positives, ``seconds``, ...)."""
+    from ..detection import detector_experiment
+
+    if n_train < 2 or n_test < 2:
+        raise ValueError("--n-train and --n-test must be >= 2")
+    if not 0 < fpr < 1:
+        raise ValueError(f"--fpr must be in (0, 1), got {fpr}")
+    dev = resolve_device(device)
+    model = load_model(run, map_location=dev)
+    x_tr, y_tr, _ = load_run_data(run, "train", dev)
+    x_tr, y_tr = x_tr[:n_train], y_tr[:n_train]
+    x_te, y_te, _ = load_run_data(run, "test", dev, limit=n_test)
+    threat = ThreatModel(norm, eps)
+    atk, eval_atk = detector_attacks(attack, threat, steps, eval_steps, options, seed)
+    t0 = time.perf_counter()
+    det, metrics = detector_experiment(
+        model, (x_tr, y_tr), (x_te, y_te), atk, eval_attack=eval_atk,
+        adaptive_steps=eval_steps if iterative_whitebox(attack) else ADAPTIVE_STEPS, lam=lam,
+        adaptive_loss=adaptive_loss, kappa=kappa, det_margin=det_margin, layer=layer, hidden=tuple(hidden),
+        epochs=epochs, seed=seed, target_fpr=fpr, batch_size=batch_size,
+    )
+    metrics.update({"run": str(run), "threat": threat.to_dict(), "seconds": round(time.perf_counter() - t0, 2)})
+    outp = Path(out)
+    det.save(outp, classifier_run=str(Path(run).resolve()), threat=threat.to_dict(), metrics=metrics)
+    atomic_write_json(outp / METRICS_FILE, metrics)
+    return metrics
+
+
+__all__ = ["ADAPTIVE_STEPS", "detector_attacks", "detector_run", "iterative_whitebox"]
