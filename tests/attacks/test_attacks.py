@@ -1,4 +1,7 @@
-"""Attacks: closed forms on linear models, restarts / early stop, CW, bad input, registry.
+"""Attacks: closed forms on linear models, restarts / early stop, CW, constructor checks, registry.
+
+The contract every registered attack keeps (output, model state, bad input) is checked in
+``test_contract.py``.
 
 Self-contained (synthetic data, models trained here in well under a second); the real-data
 strength tests live elsewhere.
@@ -11,21 +14,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.state import assert_same_state, assert_tensor_untouched, snapshot, snapshot_tensor
 from torch import nn
 
 from robustlab import ThreatModel
 from robustlab.attacks import ATTACKS, CW, FGSM, FGV, MIM, PGD, Attack, Noise, build_attack
 
 BIG = (-10.0, 10.0)  # bounds far away: closed forms are not disturbed by clipping
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -49,28 +44,6 @@ def ce_input_grad(model: nn.Sequential, x: torch.Tensor, cls: torch.Tensor) -> t
 def small_inputs(n=6, shape=(1, 3, 3), seed=1, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, *shape, generator=g, dtype=dtype) * 2 - 1
-
-
-def snapshot(model: nn.Module) -> dict:
-    return {
-        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "training": [m.training for m in model.modules()],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-        "grad": [None if p.grad is None else p.grad.detach().clone() for p in model.parameters()],
-    }
-
-
-def assert_same_state(model: nn.Module, snap: dict) -> None:
-    now = snapshot(model)
-    assert now["state"].keys() == snap["state"].keys()
-    for k in snap["state"]:
-        assert torch.equal(now["state"][k], snap["state"][k]), k
-    assert now["training"] == snap["training"]
-    assert now["requires_grad"] == snap["requires_grad"]
-    for a, b in zip(now["grad"], snap["grad"]):
-        assert (a is None) == (b is None)
-        if a is not None:
-            assert torch.equal(a, b)
 
 
 class ForwardCounter:
@@ -124,17 +97,6 @@ def tiny_bn_cnn(k=3) -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, k)
     )
-
-
-ALL_ATTACKS = {
-    "fgsm": lambda t: FGSM(t),
-    "fgv": lambda t: FGV(t),
-    "pgd": lambda t: PGD(t, steps=3, seed=0),
-    "pgd-es": lambda t: PGD(t, steps=3, early_stop=True, restarts=2, seed=0),
-    "mim": lambda t: MIM(t, steps=3),
-    "cw": lambda t: CW(t, steps=5, binary_search_steps=2),
-    "noise": lambda t: Noise(t, seed=0),
-}
 
 
 # --- closed forms -------------------------------------------------------------------------------
@@ -318,9 +280,9 @@ def test_cw_already_misclassified_points_are_distance_zero():
     assert res.success.all() and torch.equal(res.x_adv, x)
 
 
-# --- model state, reproducibility ---------------------------------------------------------------
-@pytest.mark.parametrize("name", list(ALL_ATTACKS))
-def test_bn_model_in_train_mode_is_left_exactly_as_found(name):
+# --- model state -------------------------------------------------------------------------------
+# (``run`` and ``__call__`` of every registered attack: tests/attacks/test_contract.py)
+def test_cw_minimal_leaves_a_bn_model_in_train_mode_exactly_as_found():
     model = tiny_bn_cnn()
     model.train()
     with torch.no_grad():
@@ -328,69 +290,22 @@ def test_bn_model_in_train_mode_is_left_exactly_as_found(name):
             model(torch.rand(8, 1, 6, 6))
     model[0].weight.requires_grad_(False)
     model[5].weight.grad = torch.randn_like(model[5].weight)
-    snap = snapshot(model)
+    before = snapshot(model)
     x = torch.rand(5, 1, 6, 6)
-    x_copy = x.clone()
-    threat = ThreatModel("linf", 0.1)
-    attack = ALL_ATTACKS[name](threat)
-    res = attack.run(model, x)
-    assert_same_state(model, snap)
-    assert torch.equal(x, x_copy)
-    assert threat.contains(res.x_adv, x).all()
-    if name == "cw":
-        attack.minimal(model, x)
-        assert_same_state(model, snap)
+    saved_x = snapshot_tensor(x)
+    CW(ThreatModel("linf", 0.1), steps=5, binary_search_steps=2).minimal(model, x)
+    assert_same_state(model, before)
+    assert_tensor_untouched(x, saved_x)
 
 
-# --- bad input ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", list(ALL_ATTACKS))
-def test_bad_input_is_a_value_error(name):
-    model = linear_model(16, 3, dtype=torch.float32)
-    attack = ALL_ATTACKS[name](ThreatModel("linf", 0.1))
-    x = torch.rand(4, 1, 4, 4)
-    y = torch.tensor([0, 1, 2, 0])
-    nan = x.clone()
-    nan[0, 0, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match="NaN or infinite"):
-        attack(model, nan, y)
-    inf = x.clone()
-    inf[1, 0, 1, 1] = float("inf")
-    with pytest.raises(ValueError, match="NaN or infinite"):
-        attack(model, inf, y)
-    with pytest.raises(ValueError, match="outside the threat model's bounds"):
-        attack(model, x + 1.5, y)
-    with pytest.raises(ValueError, match="shape"):
-        attack(model, x, y[:3])
-    with pytest.raises(ValueError, match="shape"):
-        attack(model, x, y[:, None])
-    with pytest.raises(ValueError, match="dtype"):
-        attack(model, x, y.float())
-    with pytest.raises(ValueError, match="outside"):
-        attack(model, x, torch.tensor([0, 1, 3, 0]))
-    with pytest.raises(ValueError, match="outside"):
-        attack(model, x, torch.tensor([0, -1, 2, 0]))
-    with pytest.raises(ValueError, match="target"):
-        attack(model, x, y, target=torch.tensor([0, 1, 2]))
-    with pytest.raises(ValueError, match="dtype"):
-        attack(model, x.double(), y)
-    with pytest.raises(ValueError, match="integer|int64|dtype"):
-        attack(model, x.to(torch.int64), y)
-    # model output not (batch, classes)
-    with pytest.raises(ValueError, match="logits of shape"):
-        attack(nn.Identity(), x, y)
-    with pytest.raises(ValueError, match="logits of shape"):
-        attack(nn.Sequential(nn.Flatten(), nn.Linear(16, 1)), x, y)
-    with pytest.raises(ValueError, match="nn.Module"):
-        attack(lambda t: t, x, y)
-
-
+# --- constructor and threat-model checks -------------------------------------------------------
 def test_threat_model_errors():
     with pytest.raises(ValueError, match="eps"):
         ThreatModel("linf", -0.1)
     with pytest.raises(ValueError, match="eps"):
         ThreatModel("linf", float("inf"))
     with pytest.raises(ValueError, match="unknown norm"):
-        ThreatModel("l1", 0.1)
+        ThreatModel("l3", 0.1)
     with pytest.raises(ValueError, match="ThreatModel"):
         PGD("linf")  # type: ignore[arg-type]
 

@@ -1,8 +1,9 @@
 """Black-box attacks: Square (score-based random search), NES (query-estimated gradients) and
 Transfer (crafted on a surrogate).
 
-* the attack contract on random tiny models (ball, bounds, dtype, model state incl. BatchNorm in
-  train mode, input untouched, same seed same result), Linf and L2, images and flat inputs;
+* (the attack contract -- ball, bounds, dtype, model state, input untouched, same seed same
+  result, images and flat inputs -- for every variant in tests/helpers/attacks.py:
+  test_contract.py and test_attacks_properties.py);
 * they never ask for a gradient of the target, count queries per sample, stop on success;
 * real Fashion-MNIST: Square finds robust accuracy far below clean; NES does better than clean.
 """
@@ -11,27 +12,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from torch import nn
 
 from robustlab import ThreatModel
-from robustlab.attacks.apgd import APGD
 from robustlab.attacks.nes import NES
 from robustlab.attacks.pgd import PGD
 from robustlab.attacks.square import Square, p_schedule
 from robustlab.attacks.transfer import Transfer
-
-SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: small batches, and immune to a busy shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class NoGradCheck(nn.Module):
@@ -46,107 +33,6 @@ class NoGradCheck(nn.Module):
         assert not torch.is_grad_enabled(), "a black-box attack ran the target with autograd on"
         self.calls += 1
         return self.inner(x)
-
-
-def tiny_model(kind: str, shape: tuple[int, ...], k: int, dtype: torch.dtype, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    d = 1
-    for s in shape[1:]:
-        d *= s
-    if kind == "conv-bn" and len(shape) == 4:
-        model: nn.Module = nn.Sequential(
-            nn.Conv2d(shape[1], 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, k)
-        )
-    else:
-        model = nn.Sequential(nn.Flatten(), nn.Linear(d, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, k))
-    model = model.to(dtype)
-    model.train()
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.rand(4, *shape[1:], dtype=dtype))
-    return model
-
-
-def snapshot(model: nn.Module) -> dict:
-    return {
-        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "training": [m.training for m in model.modules()],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-    }
-
-
-def assert_same_state(model: nn.Module, snap: dict) -> None:
-    now = snapshot(model)
-    for key in snap["state"]:
-        assert torch.equal(now["state"][key], snap["state"][key]), key
-    assert now["training"] == snap["training"]
-    assert now["requires_grad"] == snap["requires_grad"]
-    assert all(p.grad is None for p in model.parameters())
-
-
-VARIANTS = {
-    "square": lambda t, seed, sur: Square(t, queries=12, seed=seed),
-    "square-ce-restarts": lambda t, seed, sur: Square(t, queries=6, restarts=2, p_init=0.3, loss="ce", seed=seed),
-    "nes": lambda t, seed, sur: NES(t, steps=3, samples=4, seed=seed),
-    "nes-ce": lambda t, seed, sur: NES(t, steps=2, samples=6, sigma=0.01, loss="ce", seed=seed),
-    "transfer": lambda t, seed, sur: Transfer(t, sur, seed=seed),
-    "transfer-apgd": lambda t, seed, sur: Transfer(t, sur, attack=APGD(t, steps=3, seed=seed)),
-}
-
-
-@st.composite
-def scenarios(draw):
-    lo = draw(st.sampled_from([0.0, -1.0, 2.0]))
-    n = draw(st.integers(1, 4))
-    layout = draw(st.sampled_from(["nchw", "nhw", "nd"]))
-    if layout == "nchw":
-        shape = (n, draw(st.integers(1, 3)), draw(st.integers(3, 7)), draw(st.integers(3, 7)))
-    elif layout == "nhw":
-        shape = (n, draw(st.integers(3, 6)), draw(st.integers(3, 6)))
-    else:
-        shape = (n, draw(st.integers(2, 20)))
-    return {
-        "variant": draw(st.sampled_from(sorted(VARIANTS))),
-        "kind": draw(st.sampled_from(["conv-bn", "mlp-bn"])),
-        "dtype": draw(st.sampled_from([torch.float32, torch.float64])),
-        "shape": shape,
-        "k": draw(st.integers(2, 4)),
-        "norm": draw(st.sampled_from(["linf", "l2"])),
-        "eps": draw(st.one_of(st.just(0.0), st.floats(1e-3, 2.0))),
-        "bounds": (lo, lo + draw(st.sampled_from([0.5, 1.0, 2.0]))),
-        "seed": draw(st.integers(0, 2**16)),
-        "targeted": draw(st.booleans()),
-    }
-
-
-@SETTINGS
-@given(scenarios())
-def test_blackbox_attacks_keep_the_contract(sc):
-    threat = ThreatModel(sc["norm"], sc["eps"], sc["bounds"])
-    model = tiny_model(sc["kind"], sc["shape"], sc["k"], sc["dtype"], sc["seed"])
-    surrogate = tiny_model(sc["kind"], sc["shape"], sc["k"], sc["dtype"], sc["seed"] + 1)
-    g = torch.Generator().manual_seed(sc["seed"])
-    lo, hi = threat.bounds
-    x = lo + (hi - lo) * torch.rand(sc["shape"], generator=g, dtype=sc["dtype"])
-    x.view(-1)[0] = hi
-    y = torch.randint(0, sc["k"], (sc["shape"][0],), generator=g)
-    target = torch.randint(0, sc["k"], (sc["shape"][0],), generator=g) if sc["targeted"] else None
-    snap, sur_snap, x_copy = snapshot(model), snapshot(surrogate), x.clone()
-    attack = VARIANTS[sc["variant"]](threat, sc["seed"], surrogate)
-
-    res = attack.run(model, x, y, target=target)
-
-    assert_same_state(model, snap)
-    assert_same_state(surrogate, sur_snap)
-    assert torch.equal(x, x_copy)
-    assert res.x_adv.shape == x.shape and res.x_adv.dtype == x.dtype and not res.x_adv.requires_grad
-    assert threat.contains(res.x_adv, x).all()
-    if sc["eps"] == 0:
-        assert torch.equal(res.x_adv, x)
-    again = VARIANTS[sc["variant"]](threat, sc["seed"], surrogate).run(model, x, y, target=target)
-    assert torch.equal(again.x_adv, res.x_adv)
-    if res.queries is not None:
-        assert torch.equal(again.queries, res.queries)
 
 
 @pytest.mark.parametrize("norm, eps", [("linf", 0.3), ("l2", 2.0)])
