@@ -6,7 +6,6 @@ measure real effects on real data without paying for training each time.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

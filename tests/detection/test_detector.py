@@ -30,14 +30,6 @@ from robustlab.threat import ThreatModel
 THREAT = ThreatModel("linf", 0.1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _assert_attack_metrics(r, y, clean_logits, d_clean, adv_logits, d_adv, threshold):
     """One attack's numbers from evaluate_detector, recomputed here from the scores (AUC by sklearn)."""
     from sklearn.metrics import roc_auc_score

@@ -35,15 +35,6 @@ from robustlab.evaluation import evaluate
 STATUSES = {"PASS", "WARN"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: small batches, and immune to a busy shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class ScaledLogits(nn.Module):
     """Gradient masking by saturation: logits x 1e4 (predictions unchanged)."""
 

@@ -14,15 +14,6 @@ from robustlab.evaluation.corruptions import CORRUPTIONS, PARAMS, corrupt, corru
 NAMES = list(CORRUPTIONS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: small batches, and immune to a busy shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def images(n=6, c=1, h=12, w=12, lo=0.0, hi=1.0, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
     return lo + (hi - lo) * torch.rand(n, c, h, w, generator=g, dtype=dtype)

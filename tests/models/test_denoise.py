@@ -15,14 +15,6 @@ from robustlab.models import OPS, BilateralFilter, DenoiseBlock, MeanFilter, Med
 from robustlab.models import ACTIVATIONS, build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # --- slow references (explicit loops over pixels) --------------------------------------------------
 def _pad_index(i: int, n: int, padding: str) -> int:
     if 0 <= i < n:

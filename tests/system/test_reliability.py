@@ -42,8 +42,6 @@ from robustlab.threat import _NORM_ALIASES
 from robustlab.training import TrainConfig, read_history
 from robustlab.training.loop import STATE_FILE
 
-torch.set_num_threads(1)
-
 WALL_CLOCK = {"seconds", "train_seconds"}  # the only history / metrics fields allowed to differ between runs
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 

@@ -21,14 +21,6 @@ from robustlab.training.noisy_student import (
 from robustlab.training import TrainConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 SMALL = {"channels": (8, 16), "hidden": 32}
 
 
