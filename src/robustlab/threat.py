@@ -2,6 +2,9 @@
 
 One immutable value object (norm, eps, bounds) used by every attack, every defence and every
 evaluation, so that "robust at eps 0.1" always means the same set of inputs.
+
+Norms: Linf, L2 and L1. For L1 the projection is the exact Euclidean projection onto the L1 ball
+intersected with the box (:func:`project_l1_box`), as in Croce & Hein 2021 ("Mind the box").
 """
 
 from __future__ import annotations
@@ -14,14 +17,18 @@ import torch
 
 from ._torch import per_sample
 
-Norm = Literal["linf", "l2"]
-NORMS: tuple[str, ...] = ("linf", "l2")
+Norm = Literal["linf", "l2", "l1"]
+NORMS: tuple[str, ...] = ("linf", "l2", "l1")
 
-_NORM_ALIASES = {"linf": "linf", "inf": "linf", "l_inf": "linf", "l2": "l2", "2": "l2"}
+_NORM_ALIASES = {
+    "linf": "linf", "inf": "linf", "l_inf": "linf",
+    "l2": "l2", "2": "l2", "l_2": "l2",
+    "l1": "l1", "1": "l1", "l_1": "l1",
+}
 
 
 def canonical_norm(norm: str) -> Norm:
-    """Return 'linf' or 'l2' for the accepted spellings; ValueError otherwise."""
+    """Return 'linf', 'l2' or 'l1' for the accepted spellings; ValueError otherwise."""
     key = str(norm).strip().lower()
     if key not in _NORM_ALIASES:
         raise ValueError(f"unknown norm {norm!r}: expected one of {', '.join(NORMS)}")
@@ -32,7 +39,58 @@ def _flat_norm(t: torch.Tensor, norm: str) -> torch.Tensor:
     flat = t.flatten(1)
     if norm == "linf":
         return flat.abs().amax(dim=1)
+    if norm == "l1":
+        return flat.abs().sum(dim=1)
     return flat.norm(p=2, dim=1)
+
+
+def project_l1_box(v: torch.Tensor, low: torch.Tensor, high: torch.Tensor, eps: float) -> torch.Tensor:
+    """Exact Euclidean projection of every row of ``v`` (N, D) onto
+    ``{d : ||d||_1 <= eps, low <= d <= high}`` (``low <= 0 <= high`` elementwise).
+
+    By the KKT conditions the projection is ``d_i = sign(v_i) min(max(|v_i| - lam, 0), c_i)``
+    with ``c_i`` the room coordinate i has in ``v_i``'s direction, and ``lam = 0`` where clipping
+    ``v`` to the box already lands in the ball; elsewhere ``lam > 0`` solves ``g(lam) = eps`` for
+    ``g(lam) = sum_i min(max(|v_i| - lam, 0), c_i)``: decreasing and piecewise linear, with
+    breakpoints ``|v_i| - c_i`` and ``|v_i|`` (Croce & Hein 2021, "Mind the box"). We find the
+    root batched over rows in float64 with a safeguarded Newton iteration: the Newton point of
+    the current linear piece is its exact root (so the iteration ends on the exact threshold
+    once it reaches the right piece, typically in under 10 steps), and a bisection of the
+    bracket replaces any Newton point that leaves it. On CPU this was about 4x faster than
+    sorting the 2D breakpoints. No Python loop over samples; one host sync every 4 iterations.
+    """
+    if v.dim() != 2:
+        raise ValueError(f"project_l1_box expects (N, D) rows, got shape {tuple(v.shape)}")
+    if eps <= 0:
+        return torch.zeros_like(v)
+    a = v.abs().double()
+    cap = torch.where(v >= 0, high, -low).clamp_min(0).double()
+    n = a.shape[0]
+    lam = a.new_zeros(n, 1)  # g(0) <= eps: lam stays 0 (the bracket collapses at once)
+    lower = a.new_zeros(n, 1)  # g(lower) > eps, or lower = 0
+    upper = a.amax(dim=1, keepdim=True)  # g(upper) = 0 <= eps
+    for it in range(1, _L1_MAX_ITER + 1):
+        r = a - lam
+        linear = ((r > 0) & (r < cap)).sum(dim=1, keepdim=True)  # minus the slope of g at lam
+        g = torch.minimum(r.clamp_(min=0), cap, out=r).sum(dim=1, keepdim=True)
+        above = g > eps
+        lower = torch.where(above, lam, lower)
+        upper = torch.where(above, upper, lam)
+        newton = lam + (g - eps) / linear.clamp_min(1)
+        use_newton = (linear > 0) & (newton >= lower) & (newton <= upper)
+        new = torch.where(use_newton, newton, 0.5 * (lower + upper))
+        step = (new - lam).abs()
+        lam = new
+        if it % 4 == 0 and bool((step <= 1e-12 * (1 + upper)).all()):
+            break
+    d = torch.minimum((a - lam).clamp_min(0), cap).to(v.dtype)
+    # Rounding to v's dtype may leave the norm a hair above eps: shrink toward 0 (stays in the box).
+    norm = d.sum(dim=1, keepdim=True)
+    d = torch.where(norm > eps, d * (eps / norm.clamp_min(1e-30)), d)
+    return d.copysign(v)
+
+
+_L1_MAX_ITER = 200  # bisection alone would reach float64 resolution in about 60
 
 
 @dataclass(frozen=True)
@@ -84,12 +142,19 @@ class ThreatModel:
         """Project ``x_adv`` onto the eps-ball around ``x`` intersected with the bounds.
 
         For Linf the box intersection is exact; for L2 we scale into the ball, then clip to the
-        bounds (clipping moves every coordinate toward ``x``, so the result stays in the ball).
+        bounds (clipping moves every coordinate toward ``x``, so the result stays in the ball);
+        for L1 the result is the exact Euclidean projection onto the ball intersected with the
+        box (:func:`project_l1_box`).
         """
         eps = self.eps if eps is None else eps
         delta = x_adv - x
         if self.norm == "linf":
             delta = delta.clamp(-eps, eps)
+        elif self.norm == "l1":
+            lo, hi = self.bounds
+            flat = delta.flatten(1)
+            xf = x.flatten(1)
+            delta = project_l1_box(flat, lo - xf, hi - xf, eps).view_as(delta)
         else:
             n = _flat_norm(delta, "l2")
             factor = torch.where(n > eps, eps / n.clamp_min(1e-12), torch.ones_like(n))
@@ -101,6 +166,14 @@ class ThreatModel:
         if self.norm == "linf":
             u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
             delta = (2 * u - 1) * self.eps
+        elif self.norm == "l1":
+            # Uniform in the L1 ball: D+1 exponentials normalised by their sum give a uniform
+            # point of the simplex; the first D coordinates with random signs are uniform in
+            # the cross-polytope.
+            n, d = x.shape[0], x[0].numel()
+            e = torch.empty(n, d + 1, dtype=x.dtype, device=x.device).exponential_(generator=generator)
+            signs = torch.randint(0, 2, (n, d), generator=generator, device=x.device).to(x.dtype) * 2 - 1
+            delta = (signs * e[:, :d] / e.sum(dim=1, keepdim=True) * self.eps).view_as(x)
         else:
             # Uniform in the L2 ball: Gaussian direction, radius ~ eps * U^(1/d).
             g = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
@@ -111,11 +184,46 @@ class ThreatModel:
         return self.clip_bounds(x + delta)
 
     def steepest_direction(self, grad: torch.Tensor) -> torch.Tensor:
-        """The unit-norm direction maximising a linear gain: sign(g) for Linf, g/||g||_2 for L2."""
+        """The unit-norm direction maximising a linear gain: sign(g) for Linf, g/||g||_2 for L2,
+        and for L1 sign(g) on the coordinate(s) of largest |g| (ties share the unit mass).
+
+        The L1 direction moves a single pixel: iterative L1 attacks use the sparse
+        :meth:`sparse_direction` instead (SLIDE, APGD-L1)."""
         if self.norm == "linf":
             return grad.sign()
+        if self.norm == "l1":
+            flat = grad.flatten(1)
+            a = flat.abs()
+            top = (a == a.amax(dim=1, keepdim=True)) & (a > 0)
+            e = flat.sign() * top
+            return (e / e.abs().sum(dim=1, keepdim=True).clamp_min(1.0)).view_as(grad)
         n = _flat_norm(grad, "l2").clamp_min(1e-12)
         return grad / per_sample(n, grad)
+
+    def sparse_direction(self, grad: torch.Tensor, keep: float | torch.Tensor) -> torch.Tensor:
+        """The sparse L1 step direction of SLIDE (Tramer & Boneh 2019) and APGD-L1 (Croce & Hein
+        2021): sign(g) on the ``ceil(keep * D)`` coordinates of largest |g| (ties included),
+        normalised to unit L1 norm. ``keep`` is a fraction in (0, 1], one for the batch or one
+        per sample (shape (N,)). Coordinates with g = 0 never move; a zero gradient gives a zero
+        direction. Use :meth:`free_gradient` first so that the kept coordinates can move."""
+        flat = grad.flatten(1)
+        a = flat.abs()
+        d = a.shape[1]
+        if isinstance(keep, torch.Tensor):
+            k = (keep.to(a.device, torch.float64) * d).ceil().long().clamp(1, d)
+            thr = a.sort(dim=1, descending=True).values.gather(1, (k - 1)[:, None])
+        else:
+            k = min(max(int(math.ceil(float(keep) * d)), 1), d)
+            thr = a.kthvalue(d - k + 1, dim=1, keepdim=True).values
+        e = flat.sign() * ((a >= thr) & (a > 0))
+        return (e / e.abs().sum(dim=1, keepdim=True).clamp_min(1.0)).view_as(grad)
+
+    def free_gradient(self, grad: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+        """``grad`` with 0 where ``x_adv`` sits on a bound and ascending would push it outside:
+        those coordinates cannot move, and a sparse step spent on them would be lost."""
+        lo, hi = self.bounds
+        blocked = ((x_adv <= lo) & (grad < 0)) | ((x_adv >= hi) & (grad > 0))
+        return grad.masked_fill(blocked, 0)
 
     def contains(self, x_adv: torch.Tensor, x: torch.Tensor, tol: float = 1e-5) -> torch.Tensor:
         """Per-sample bool: ``x_adv`` lies in the ball (up to ``tol``) and inside the bounds."""

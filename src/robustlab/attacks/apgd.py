@@ -1,5 +1,5 @@
 """Auto-PGD (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of
-diverse parameter-free attacks"), Linf and L2, untargeted and targeted (APGD-T).
+diverse parameter-free attacks"), Linf, L2 and L1, untargeted and targeted (APGD-T).
 
 APGD is PGD without a step size to tune: it starts with a step of ``2 * eps`` and halves it, per
 sample, at checkpoints ``w_j ~ p_j * steps`` with ``p_0 = 0``, ``p_1 = 0.22`` and
@@ -27,6 +27,18 @@ as soon as it is *misclassified* (AutoAttack's semantics: the targets are a mean
 untargeted end). Passing ``target=`` to the attack instead makes it a plain targeted attack
 (success = prediction equals the target).
 
+APGD-L1 (Croce & Hein 2021, "Mind the box: l1-APGD for sparse adversarial attacks on image
+classifiers") differs as in the reference: no momentum; the step is ``eta`` times the sign of the
+gradient on its top-k coordinates (those the box lets move), normalised to unit L1 norm, then the
+exact projection onto the L1 ball intersected with the box; every ``max(int(0.04 N), 1)``
+iterations k is set to ``||x_best - x||_0 / 1.5`` (starting at 20% of the coordinates) and, per
+sample, if that sparsity fell by more than 5% the step is reset to ``eps`` and the run continues
+from the best point, otherwise the step shrinks by 1.5 (within ``[eps / 10, eps]``). With
+``large_eps`` (AutoAttack's ``use_largereps``, on by default for L1) the iterations are split
+30/30/40% over radii ``3 eps``, ``2 eps`` and ``eps``, each stage starting from the highest-loss
+point of the previous one projected onto the smaller ball; only the last stage (radius ``eps``)
+can declare a sample broken.
+
 Per sample the attack keeps the best point it has seen: any misclassified iterate beats every
 correctly classified one; among equals, the higher loss wins. Restarts and target classes only
 run on samples not broken yet. Without ``early_stop`` the step loop never synchronises with the
@@ -36,6 +48,7 @@ host (the checkpoint schedule is fixed in advance and the step-size logic is per
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -80,9 +93,15 @@ class APGD(Attack):
         rho: the oscillation threshold of condition 1 (fraction of increasing steps).
         momentum: ``alpha`` in the update above (1 = no momentum).
         seed, early_stop, eval_mode: see :class:`~robustlab.attacks.base.Attack`.
+        eot: average every gradient, loss and success decision (and the clean logits that pick
+            the targets) over this many forward passes (EOT, for randomised models; AutoAttack's
+            ``version='rand'`` uses 20). 1 = plain APGD.
+        large_eps: L1 only: run the 3 eps / 2 eps / eps schedule described above. Default (None):
+            on for L1 when ``steps >= 10``; True with Linf / L2 is an error.
     """
 
     name = "apgd"
+    norms = ("linf", "l2", "l1")
 
     def __init__(
         self,
@@ -96,9 +115,16 @@ class APGD(Attack):
         seed: int | None = None,
         early_stop: bool = False,
         eval_mode: bool = True,
+        eot: int = 1,
+        large_eps: bool | None = None,
     ) -> None:
-        super().__init__(threat, loss=loss, eval_mode=eval_mode, seed=seed, early_stop=early_stop)
+        super().__init__(threat, loss=loss, eval_mode=eval_mode, seed=seed, early_stop=early_stop, eot=eot)
         self.steps = check_int("steps", steps, 1)
+        if large_eps and threat.norm != "l1":
+            raise ValueError(f"large_eps applies to the L1 threat model only, got large_eps=True for {threat.norm}")
+        if large_eps and self.steps < 3:
+            raise ValueError(f"large_eps needs steps >= 3 (one per stage), got steps={steps!r}")
+        self.large_eps = (threat.norm == "l1" and self.steps >= 10) if large_eps is None else bool(large_eps)
         self.restarts = check_int("restarts", restarts, 1)
         self.targeted_classes = check_int("targeted_classes", targeted_classes, 0)
         self.rho = check_float("rho", rho, 0.0)
@@ -131,7 +157,11 @@ class APGD(Attack):
         return self.loss_fn
 
     def _start(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """A random point on the sphere of the ball (as the reference), clipped to the bounds."""
+        """A random point on the sphere of the ball (as the reference), clipped to the bounds;
+        for L1 a Gaussian point projected onto the (first stage's) ball and the box."""
+        if self.threat.norm == "l1":
+            t = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            return self.threat.project(x + t, x, self._l1_stages()[0][0])
         if self.threat.norm == "linf":
             t = 2 * torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device) - 1
         else:
@@ -149,7 +179,7 @@ class APGD(Attack):
     ) -> torch.Tensor:
         n = x.shape[0]
         with torch.no_grad():
-            logits0 = model(x)
+            logits0 = self._logits(model, x)
         num_classes = logits0.shape[1]
         if target is not None and self.targeted_classes:
             raise ValueError("APGD with targeted_classes > 0 chooses its own targets: do not pass target=")
@@ -173,7 +203,8 @@ class APGD(Attack):
                     return best.x
                 if idx.numel() == n:
                     idx = None
-                self._run_once(model, loss_fn, x, y, loss_target, succ_target, start, idx, best)
+                run = self._run_l1 if self.threat.norm == "l1" else self._run_once
+                run(model, loss_fn, x, y, loss_target, succ_target, start, idx, best)
         return best.x
 
     def _run_once(
@@ -262,3 +293,119 @@ class APGD(Attack):
                     loss_best, loss_prev, n_incr = loss_best[keep], loss_prev[keep], n_incr[keep]
                     loss_best_last, reduced_last, eta = loss_best_last[keep], reduced_last[keep], eta[keep]
 
+    # --- APGD-L1 --------------------------------------------------------------------------------
+    def _l1_stages(self) -> list[tuple[float, int]]:
+        """(radius, iterations) of each stage: AutoAttack's 3/2/1 x eps over 30/30/40% of the
+        steps with ``large_eps``, else one stage."""
+        eps = self.threat.eps
+        if not self.large_eps:
+            return [(eps, self.steps)]
+        first = max(math.ceil(0.3 * self.steps), 1)
+        second = max(min(math.ceil(0.3 * self.steps), self.steps - first - 1), 1)
+        return [(3 * eps, first), (2 * eps, second), (eps, self.steps - first - second)]
+
+    def _run_l1(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        loss_target: torch.Tensor | None,
+        succ_target: torch.Tensor | None,
+        start: torch.Tensor,
+        idx: torch.Tensor | None,
+        best: BestPoints,
+    ) -> None:
+        """One APGD-L1 run (all its stages) on the samples ``idx``."""
+
+        def sub(t: torch.Tensor | None) -> torch.Tensor | None:
+            return t if (t is None or idx is None) else t[idx]
+
+        xs, ys, lt, stt, xa = sub(x), sub(y), sub(loss_target), sub(succ_target), sub(start)
+        assert xs is not None and ys is not None and xa is not None
+        stages = self._l1_stages()
+        for j, (eps, steps) in enumerate(stages):
+            last = j == len(stages) - 1
+            if j > 0:
+                xa = self.threat.project(xa, xs, eps)
+            # The reference starts k at 20% of the coordinates from a random start, and at the
+            # sparsity of the given point / 1.5 when a stage continues from an earlier one.
+            xa = self._l1_stage(
+                model, loss_fn, xs, ys, lt, stt, xa, eps, steps, idx, best if last else None, j > 0 or self.large_eps
+            )
+
+    def _l1_stage(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        xs: torch.Tensor,
+        ys: torch.Tensor,
+        lt: torch.Tensor | None,
+        stt: torch.Tensor | None,
+        xa: torch.Tensor,
+        eps: float,
+        steps: int,
+        idx: torch.Tensor | None,
+        best: BestPoints | None,
+        from_point: bool,
+    ) -> torch.Tensor:
+        """``steps`` APGD-L1 iterations at radius ``eps`` from ``xa``; returns the highest-loss
+        point of every sample. Only with ``best`` given (the last stage, whose return value is
+        not used) are successes recorded and early stop applied."""
+        threat = self.threat
+        dim = xs[0].numel()
+
+        def l0(t: torch.Tensor) -> torch.Tensor:
+            return (t != 0).flatten(1).sum(dim=1).to(xs.dtype)
+
+        def loss_and_grad(xa: torch.Tensor, ys: torch.Tensor, lt: torch.Tensor | None):
+            loss, grad, logits = self._loss_and_grad(model, xa, ys, lt, loss_fn)
+            return loss.to(xa.dtype), grad, logits
+
+        loss, grad, logits = loss_and_grad(xa, ys, lt)
+        if best is not None:
+            best.update(xa, loss, is_adversarial(logits, ys, stt), idx)
+        x_best, loss_best, grad_best = xa.clone(), loss.clone(), grad.clone()
+        if from_point:
+            sp_old = l0(xa - xs)
+            keep = sp_old / dim / 1.5
+        else:
+            sp_old = torch.full_like(loss, float(dim))
+            keep = torch.full_like(loss, 0.2)
+        eta = torch.full_like(loss, eps)
+        check_every = max(int(0.04 * steps), 1)
+
+        for i in range(steps):
+            direction = threat.sparse_direction(threat.free_gradient(grad, xa), keep)
+            xa = threat.project(xa + per_sample(eta, xa) * direction, xs, eps)
+            loss, grad, logits = loss_and_grad(xa, ys, lt)
+            succ = is_adversarial(logits, ys, stt)
+            if best is not None:
+                best.update(xa, loss, succ, idx)
+
+            improved = loss > loss_best
+            x_best = torch.where(per_sample(improved, xa), xa, x_best)
+            grad_best = torch.where(per_sample(improved, xa), grad, grad_best)
+            loss_best = torch.where(improved, loss, loss_best)
+
+            if (i + 1) % check_every == 0:
+                sp = l0(x_best - xs)
+                sparser = sp / sp_old.clamp_min(1) < 0.95
+                keep = sp / dim / 1.5
+                eta = torch.where(sparser, torch.full_like(eta, eps), eta / 1.5).clamp(eps / 10, eps)
+                sp_old = sp
+                xa = torch.where(per_sample(sparser, xa), x_best, xa)
+                grad = torch.where(per_sample(sparser, xa), grad_best, grad)
+
+            if best is not None and self.early_stop and i + 1 < steps:
+                active = ~succ
+                if not bool(active.all()):  # host sync: only in early-stop mode
+                    idx = (torch.arange(best.x.shape[0], device=xs.device) if idx is None else idx)[active]
+                    if idx.numel() == 0:
+                        break
+                    xa, grad, xs, ys = xa[active], grad[active], xs[active], ys[active]
+                    lt = None if lt is None else lt[active]
+                    stt = None if stt is None else stt[active]
+                    x_best, grad_best, loss_best = x_best[active], grad_best[active], loss_best[active]
+                    keep, eta, sp_old = keep[active], eta[active], sp_old[active]
+        return x_best

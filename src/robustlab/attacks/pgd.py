@@ -1,4 +1,9 @@
-"""Projected gradient descent (Madry et al. 2018), Linf and L2, with restarts and early stop.
+"""Projected gradient descent (Madry et al. 2018), Linf, L2 and L1, with restarts and early stop.
+
+For the L1 threat model the step is SLIDE's (Tramer & Boneh 2019, "Adversarial training and
+robustness for multiple perturbations"): sign of the gradient on its top ``1 - sparsity``
+fraction of coordinates (those free to move inside the bounds), normalised to unit L1 norm, then
+the exact projection onto the L1 ball intersected with the box.
 
 Each step is one forward+backward on the current iterate; the same pass tells whether the iterate
 already fools the model and how high its loss is, so the attack keeps, per sample, the best
@@ -20,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._torch import check_int, per_sample
+from .._torch import check_float, check_int, per_sample
 from ..threat import ThreatModel
 from ._best import BestPoints
 from .base import Attack, Crafted, is_adversarial, resolve_step_size
@@ -32,7 +37,8 @@ class PGD(Attack):
 
     Args:
         threat: the perturbation set (Linf: signed-gradient steps; L2: normalised-gradient steps;
-            projection onto the ball and the bounds after every step).
+            L1: sparse SLIDE steps, see ``sparsity``; projection onto the ball and the bounds
+            after every step).
         steps: iterations per restart.
         step_size: absolute step size, or
         rel_step_size: step size as a fraction of eps. Default ``2.5 / steps`` (Madry et al.),
@@ -46,9 +52,15 @@ class PGD(Attack):
             the final iterate (default). False: plain PGD -- the final iterate, unscored (so the
             step loop is the whole cost; ``run`` then measures success on the returned points).
         eval_mode, seed: see :class:`~robustlab.attacks.base.Attack`.
+        eot: average every gradient, loss and success decision over this many forward passes
+            (Expectation over Transformation, for randomised models; 1 = plain PGD).
+        sparsity: L1 only: the percentile q of SLIDE as a fraction -- each step moves the
+            ``1 - sparsity`` fraction of coordinates with the largest |gradient| (at least one).
+            Default 0.99 for L1 (SLIDE's and foolbox's); an error for Linf / L2.
     """
 
     name = "pgd"
+    norms = ("linf", "l2", "l1")
     _default_rel: float = 2.5  # default step = _default_rel * eps / steps
 
     def __init__(
@@ -64,8 +76,15 @@ class PGD(Attack):
         eval_mode: bool = True,
         seed: int | None = None,
         track_best: bool = True,
+        eot: int = 1,
+        sparsity: float | None = None,
     ) -> None:
-        super().__init__(threat, loss=loss, eval_mode=eval_mode, seed=seed, early_stop=early_stop)
+        super().__init__(threat, loss=loss, eval_mode=eval_mode, seed=seed, early_stop=early_stop, eot=eot)
+        if sparsity is not None and threat.norm != "l1":
+            raise ValueError(f"sparsity applies to the L1 threat model only, got sparsity={sparsity!r} for {threat.norm}")
+        self.sparsity = 0.99 if sparsity is None else check_float("sparsity", sparsity, 0.0)
+        if self.sparsity >= 1:
+            raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
         self.track_best = bool(track_best)
         self.steps = check_int("steps", steps, 1)
         self.restarts = check_int("restarts", restarts, 1)
@@ -74,9 +93,10 @@ class PGD(Attack):
 
     def __repr__(self) -> str:
         t = self.threat
+        sp = f", sparsity={self.sparsity:g}" if t.norm == "l1" else ""
         return (
             f"{type(self).__name__}(norm={t.norm}, eps={t.eps:g}, steps={self.steps}, "
-            f"step_size={self.step_size:g}, restarts={self.restarts}, loss={self.loss_name})"
+            f"step_size={self.step_size:g}, restarts={self.restarts}, loss={self.loss_name}{sp})"
         )
 
     # --- hooks for variants (MIM) -------------------------------------------------------------
@@ -88,7 +108,14 @@ class PGD(Attack):
         self, grad: torch.Tensor, state: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The step direction (unit norm in the threat's norm) and the updated state."""
+        if self.threat.norm == "l1":
+            return self.threat.sparse_direction(grad, 1.0 - self.sparsity), state
         return self.threat.steepest_direction(grad), state
+
+    def _movable(self, grad: torch.Tensor, xa: torch.Tensor) -> torch.Tensor:
+        """L1: the gradient without the coordinates the bounds block (a sparse step must not be
+        spent on them); Linf / L2: ``grad`` itself."""
+        return self.threat.free_gradient(grad, xa) if self.threat.norm == "l1" else grad
 
     # --- the attack ---------------------------------------------------------------------------
     def _attack(
@@ -139,7 +166,7 @@ class PGD(Attack):
         for _ in range(self.steps):
             loss, grad, logits = self._loss_and_grad(model, xa, ys, ts)
             if not track:
-                direction, state = self._direction(grad, state)
+                direction, state = self._direction(self._movable(grad, xa), state)
                 xa = self.threat.project(xa.add(direction, alpha=self.step_size), xs)
                 continue
             succ = is_adversarial(logits, ys, ts)
@@ -154,7 +181,7 @@ class PGD(Attack):
                     xa, grad, xs, ys = xa[keep], grad[keep], xs[keep], ys[keep]
                     ts = None if ts is None else ts[keep]
                     state = None if state is None else state[keep]
-            direction, state = self._direction(grad, state)
+            direction, state = self._direction(self._movable(grad, xa), state)
             xa = self.threat.project(xa.add(direction, alpha=self.step_size), xs)
         if keep_final is not None:
             # No scoring forward pass: samples marked in keep_final keep their best point, all
@@ -166,6 +193,6 @@ class PGD(Attack):
                 best.x[idx] = torch.where(per_sample(keep, xa), best.x[idx], xa)
             return
         with torch.no_grad():
-            logits = model(xa)
+            logits = self._logits(model, xa)
             loss = self.loss_fn(logits, ys, ts)
         best.update(xa, loss, is_adversarial(logits, ys, ts), idx)
