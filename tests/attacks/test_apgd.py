@@ -147,7 +147,7 @@ def test_standard_model_is_not_robust_under_the_standard_suite(fmnist_model, fm)
 
 def test_suites_scale_and_validate():
     t = ThreatModel("l2", 1.0)
-    assert set(SUITES) == {"quick", "standard", "full"}
+    assert {"quick", "standard", "full"} <= set(SUITES)  # suites of their own are tested in tests/evaluation
     quick = build_suite("quick", t)
     assert len(quick) == 1 and quick[0].steps == 20
     std = build_suite("standard", t, scale=0.1)

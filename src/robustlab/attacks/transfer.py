@@ -33,6 +33,7 @@ class Transfer(Attack):
 
     name = "transfer"
     uses_gradients = False  # with respect to the target model
+    norms = ("linf", "l2", "l1")  # the inner attack checks its own support
 
     def __init__(
         self,

@@ -246,7 +246,7 @@ def loss_surface(model: nn.Module, x: torch.Tensor, y: torch.Tensor | int, threa
         "label": int(y),
         "grid": grid,
         "range": [-2 * eps, 2 * eps],
-        "direction_a": "sign of the input gradient of the loss" if threat.norm == "linf" else "normalised input gradient",
+        "direction_a": "sign of the input gradient of the loss" if threat.norm == "linf" else "input gradient scaled to unit L2 norm",
         "direction_b": "random direction orthogonal to a, same L2 norm",
         "zero_gradient": zero_grad,
         "clipped_to_bounds": True,
@@ -308,12 +308,15 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def write_artifacts(run_dir: str | Path, n_examples: int = 8, eps: float = 0.1, norm: str = "linf",
-                    device: str = "cpu", compare_run: str | Path | None = None) -> Path:
+                    device: str = "cpu", compare_run: str | Path | None = None,
+                    model_and_data: tuple[Any, Any, Any, Any] | None = None) -> Path:
     """Compute the report artifacts of a run (see the module docstring) into ``RUN/artifacts/``.
 
     ``compare_run``: another run directory whose artifacts already exist; its example images (and
     the image of its feature maps and loss surface) are reused where this model classifies them
     correctly, so two models are shown the same inputs.
+    ``model_and_data``: ``(model, x, y, info)`` to use instead of the run's model and test set
+    (``robustlab report --model ENTRY --data PATH``).
     Returns the manifest's path.
     """
     from ..storage import load_model
@@ -328,8 +331,11 @@ def write_artifacts(run_dir: str | Path, n_examples: int = 8, eps: float = 0.1, 
     out = run / ARTIFACTS_DIR
     dev = resolve_device(device)
     t0 = time.perf_counter()
-    model = load_model(run, map_location=dev)
-    x, y, info = load_run_data(run, "test", dev)
+    if model_and_data is not None:
+        model, x, y, info = model_and_data
+    else:
+        model = load_model(run, map_location=dev)
+        x, y, info = load_run_data(run, "test", dev)
     prefer, prefer_one = None, None
     if compare_run is not None:
         other = read_manifest(compare_run) or {}
