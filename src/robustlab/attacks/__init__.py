@@ -14,6 +14,7 @@ from ..threat import ThreatModel
 from .apgd import APGD
 from .base import Attack, AttackResult, Crafted, is_adversarial
 from .cw import CW
+from .fab import FAB
 from .fgsm import FGSM, FGV
 from .losses import LOSSES, get_loss
 from .mim import MIM
@@ -29,6 +30,7 @@ ATTACKS: dict[str, type[Attack]] = {
     "pgd": PGD,
     "mim": MIM,
     "cw": CW,
+    "fab": FAB,
     "noise": Noise,
     "apgd": APGD,
     "square": Square,
@@ -60,6 +62,7 @@ __all__ = [
     "Attack",
     "AttackResult",
     "CW",
+    "FAB",
     "FGSM",
     "FGV",
     "LOSSES",

@@ -16,10 +16,11 @@ standard sanity check for white-box results. Random search over localised square
   first window's old content), and rescales the whole perturbation to the sphere of radius eps.
 
 The window side ``s`` follows the paper's schedule: ``p = p_init / 2^j`` (halved at 10, 50, 200,
-500, 1000, 2000, 4000, 6000, 8000 of 10000 iterations, rescaled to the query budget), ``s =
-round(sqrt(p * pixels))``. Window positions and signs are drawn per sample (the reference draws
-one position per batch). Inputs that are not ``(N, C, H, W)`` are viewed as images: ``(N, H, W)``
-as one channel, ``(N, D)`` as a ``1 x D`` strip.
+500, 1000, 2000, 4000, 6000, 8000 of 10000 iterations, rescaled to the query budget unless
+``rescale_schedule=False``, as in AutoAttack's standard version), ``s = round(sqrt(p * pixels))``.
+Window positions and signs are drawn per sample (the reference draws one position per batch).
+Inputs that are not ``(N, C, H, W)`` are viewed as images: ``(N, H, W)`` as one channel, ``(N, D)``
+as a ``1 x D`` strip.
 
 Queries are counted per sample: one for the initial point plus one per iteration the sample is
 still being attacked (the clean prediction that picks the samples to attack is not counted), per
@@ -42,10 +43,11 @@ from .base import Attack, is_adversarial
 from .losses import LossFn
 
 
-def p_schedule(p_init: float, it: int, n_iters: int) -> float:
+def p_schedule(p_init: float, it: int, n_iters: int, rescale: bool = True) -> float:
     """The fraction of pixels a square covers at iteration ``it`` of ``n_iters`` (paper schedule,
-    defined on 10,000 iterations and rescaled)."""
-    it = int(it / max(n_iters, 1) * 10000)
+    defined on 10,000 iterations; rescaled to ``n_iters`` unless ``rescale`` is False)."""
+    if rescale:
+        it = int(it / max(n_iters, 1) * 10000)
     for bound, div in ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128), (8000, 256)):
         if it <= bound:
             return p_init / div
@@ -100,6 +102,9 @@ class Square(Attack):
         p_init: initial fraction of pixels a square covers (0.8 in the paper for Linf on
             ImageNet, 0.05 for CIFAR-10 in AutoAttack; larger helps on small images).
         restarts: independent runs, each only on samples not broken yet.
+        rescale_schedule: stretch the p schedule (defined on 10,000 iterations) to ``queries``
+            (default); False keeps it on absolute iteration numbers, as AutoAttack's standard
+            version does (``resc_schedule=False``).
         loss: loss to increase, ``"margin"`` (default) or ``"ce"`` (or any loss of :mod:`.losses`).
         seed, eval_mode: see :class:`~robustlab.attacks.base.Attack`.
 
@@ -119,6 +124,7 @@ class Square(Attack):
         loss: str | LossFn = "margin",
         seed: int | None = None,
         eval_mode: bool = True,
+        rescale_schedule: bool = True,
     ) -> None:
         # The search always stops per sample on success (early_stop is always on).
         super().__init__(threat, loss=loss, eval_mode=eval_mode, seed=seed, early_stop=True)
@@ -127,12 +133,16 @@ class Square(Attack):
         if self.p_init > 1:
             raise ValueError(f"p_init must be in (0, 1], got {p_init!r}")
         self.restarts = check_int("restarts", restarts, 1)
+        if not isinstance(rescale_schedule, bool):
+            raise ValueError(f"rescale_schedule must be True or False, got {rescale_schedule!r}")
+        self.rescale_schedule = rescale_schedule
 
     def __repr__(self) -> str:
         t = self.threat
         return (
             f"{type(self).__name__}(norm={t.norm}, eps={t.eps:g}, queries={self.queries}, "
-            f"p_init={self.p_init:g}, restarts={self.restarts}, loss={self.loss_name})"
+            f"p_init={self.p_init:g}, restarts={self.restarts}, loss={self.loss_name}"
+            f"{'' if self.rescale_schedule else ', rescale_schedule=False'})"
         )
 
     # --- the attack ---------------------------------------------------------------------------
@@ -193,7 +203,7 @@ class Square(Attack):
                 break
             xa, xba = x[act], cur.x[act]
             ta = None if t is None else t[act]
-            p = p_schedule(self.p_init, i, self.queries - 1)
+            p = p_schedule(self.p_init, i, self.queries - 1, self.rescale_schedule)
             if self.threat.norm == "linf":
                 s = min(max(int(round(math.sqrt(p * n_pix))), 1), h, w)
                 x_new = self._linf_candidate(xa, xba, s, generator)
