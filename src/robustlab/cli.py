@@ -94,6 +94,19 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def _json_object(text: str | None, what: str) -> dict[str, Any]:
+    """A JSON object given on the command line ({} for None); ValueError otherwise."""
+    if text is None:
+        return {}
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} must be a JSON object, got {text!r} ({e})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{what} must be a JSON object like '{{\"width\": 64}}', got {text!r}")
+    return obj
+
+
 def _merge_options(pairs: tuple[str, ...], **given: Any) -> dict[str, Any]:
     """KEY=VALUE ``pairs``, then the dedicated options that were given (not None) over them."""
     return {**_parse_options(pairs), **{k: v for k, v in given.items() if v is not None}}
@@ -109,12 +122,21 @@ def main() -> None:
 @main.command()
 @click.argument("run_arg", metavar="[RUN]", required=False, type=click.Path(file_okay=False))
 @click.option("--out", "out", type=click.Path(file_okay=False), help="Run directory to write.")
-@click.option("--resume", is_flag=True, help="Continue the run in RUN/--out from its last finished epoch.")
+@click.option("--resume", is_flag=True, help="Continue the run in RUN/--out from its last checkpoint.")
 @click.option("--dataset", default="fashion-mnist", show_default=True, help="fashion-mnist | mnist | cifar10 | digits")
 @click.option("--data-root", default=None, help="Folder with the data files (required for mnist, cifar10).")
 @click.option("--train-limit", type=int, default=None, help="Use only the first N training images.")
 @click.option("--test-limit", type=int, default=None, help="Use only the first N test images.")
-@click.option("--model", "model_name", default="small-cnn", show_default=True, help="small-cnn | mlp | resnet18")
+@click.option("--model", "model_name", default="small-cnn", show_default=True,
+              help="small-cnn | mlp | resnet18, or a model of your own: file.py:Name / package.module:Name (a class or "
+                   "factory; IMPORTS AND RUNS that code, your choice; what is imported is printed on stderr).")
+@click.option("--model-kwargs", default=None, metavar="JSON", help="Arguments of --model file.py:Name (a JSON object).")
+@click.option("--mean", "mean_text", default=None, metavar="LIST", help="With --model file.py:Name: a Normalize layer (per-channel mean).")
+@click.option("--std", "std_text", default=None, metavar="LIST", help="With --mean: per-channel std.")
+@click.option("--init-from", default=None, type=click.Path(exists=True), metavar="WEIGHTS",
+              help="Start from these weights (safetensors or .pt state dict, or a run directory): fine-tuning.")
+@click.option("--freeze", multiple=True, metavar="PATTERN",
+              help="Freeze parameters whose (module) name matches this glob, e.g. 'features.*' (repeatable).")
 @click.option("--batchnorm/--no-batchnorm", default=None, help="BatchNorm in small-cnn / mlp.")
 @click.option("--activation", default=None, help="relu | gelu | silu | softplus")
 @click.option("--denoise", default=None, metavar="OP",
@@ -141,10 +163,12 @@ def main() -> None:
 @click.option("--nproc", type=int, default=1, show_default=True,
               help="Processes for data-parallel training (torch.distributed via torchrun; gloo on CPU, nccl on CUDA).")
 @click.option("--sync-bn", is_flag=True, help="SyncBatchNorm across processes (with --nproc > 1).")
+@click.option("--checkpoint-every", type=int, default=0, metavar="STEPS", help="Also checkpoint every STEPS steps (0: epoch ends).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, model_name, batchnorm, activation,
+def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, model_name, model_kwargs, mean_text,
+          std_text, init_from, freeze, batchnorm, activation,
           denoise, model_option, defense, eps, norm, defense_option, monitor_attack, monitor_eps, monitor_n, epochs,
-          batch_size, optimizer, lr, momentum, weight_decay, schedule, seed, nproc, sync_bn, device, quiet) -> None:
+          batch_size, optimizer, lr, momentum, weight_decay, schedule, seed, nproc, sync_bn, checkpoint_every, device, quiet) -> None:
     """Train a model into a run directory (or --resume one)."""
     from .distributed import relaunch, shutdown
     from .runs import RunSpec, monitor_spec, train_run
@@ -168,18 +192,20 @@ def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, mod
                              f"{', '.join(given)} cannot be changed (start a new run with --out)")
     if out and run_arg and Path(out) != Path(run_arg):
         raise ValueError(f"two run directories given: {run_arg} and --out {out}")
-    model_options = _merge_options(model_option, batchnorm=batchnorm, activation=activation, denoise=denoise)
+    model_options = {**_merge_options(model_option, batchnorm=batchnorm, activation=activation, denoise=denoise),
+                     **_json_object(model_kwargs, "--model-kwargs")}
+    normalize = {"mean": _parse_floats(mean_text, "--mean") if mean_text else None,
+                 "std": _parse_floats(std_text, "--std") if std_text else None} if mean_text or std_text else None
     defense_options = _merge_options(defense_option, eps=eps, norm=norm)
     spec = RunSpec(
         dataset=dataset, data_root=data_root, train_limit=train_limit, test_limit=test_limit, model=model_name,
         model_options=model_options, defense=defense, defense_options=defense_options,
-        monitor=monitor_spec(monitor_attack, monitor_eps, eps, norm),
+        monitor=monitor_spec(monitor_attack, monitor_eps, eps, norm), normalize=normalize, init_from=init_from,
+        freeze=list(freeze),
     )
-    config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
-        weight_decay=weight_decay, schedule=schedule, seed=seed, progress=not quiet, monitor_n=monitor_n,
-        sync_batchnorm=sync_bn,
-    )
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                         schedule=schedule, seed=seed, progress=not quiet, monitor_n=monitor_n, sync_batchnorm=sync_bn,
+                         checkpoint_every=checkpoint_every)
     t0 = time.perf_counter()
     try:
         metrics = train_run(spec, run, config, device=device, resume=resume)
@@ -192,102 +218,6 @@ def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, mod
         return
     click.echo(f"clean accuracy {metrics['clean_accuracy']:.4f} on {metrics['test_samples']} test images "
                f"({time.perf_counter() - t0:.0f}s); run written to {run}")
-
-
-# --- attack ----------------------------------------------------------------------------------
-@main.command()
-@click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("--attack", "attack_name", default="pgd", show_default=True)
-@click.option("--norm", default="linf", show_default=True)
-@click.option("--eps", type=float, default=0.1, show_default=True)
-@click.option("--steps", type=int, default=None, help="Iterations (iterative attacks).")
-@click.option("--target", type=int, default=None, help="Targeted: move every input toward class K.")
-@click.option("--attack-option", "attack_option", multiple=True, help="Attack option KEY=VALUE (repeatable).")
-@click.option("--n", type=click.IntRange(min=1), default=1000, show_default=True, help="Test images to attack.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
-@click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--device", default="auto", show_default=True)
-def attack(run, attack_name, norm, eps, steps, target, attack_option, n, batch_size, out, device) -> None:
-    """Attack a trained run's test images; save the examples (safetensors) and a JSON summary."""
-    from .runs import attack_run
-
-    s = attack_run(run, out, attack=attack_name, norm=norm, eps=eps, steps=steps, target=target,
-                   options=_parse_options(attack_option), n=n, batch_size=batch_size, device=device)
-    click.echo(f"{attack_name}: clean {s['clean_accuracy']:.4f} -> adversarial {s['adversarial_accuracy']:.4f}, "
-               f"success on correct {s['success_rate_on_correct']:.4f} ({s['seconds']:.1f}s); written to {Path(out)}")
-
-
-# --- evaluate --------------------------------------------------------------------------------
-@main.command()
-@click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("--attacks", "attack_names", default=None, help="Comma-separated attacks, e.g. fgsm,pgd,mim.")
-@click.option("--suite", default=None, help="quick | standard | full")
-@click.option("--eps", "eps_text", default="0.1", show_default=True,
-              help="Budget, or a comma-separated list for a curve (the first value is the headline).")
-@click.option("--norm", default="linf", show_default=True)
-@click.option("--steps", type=int, default=None, help="Iterations for the iterative attacks in --attacks.")
-@click.option("--n", type=click.IntRange(min=1), default=None, help="Test images (default: all).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option("--surrogate", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Run whose model crafts the 'transfer' attack's examples.")
-@click.option("--checks", "with_checks", is_flag=True, help="Also run the gradient-masking checks.")
-@click.option("--iterations", "iterations_text", default=None,
-              help="Comma-separated step counts, e.g. 10,20,50,100,1000: robust accuracy vs attack iterations "
-                   "(APGD-CE at the first --eps; PGD with --attacks pgd).")
-@click.option("--corruptions", "with_corruptions", is_flag=True,
-              help="Also accuracy under common corruptions (noise, blur, contrast, brightness, rotation, shift), "
-                   "severities 1-5.")
-@click.option("--nproc", type=int, default=1, show_default=True, help="Shard the evaluation over N processes (torchrun).")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--quiet", is_flag=True)
-def evaluate(run, attack_names, suite, eps_text, norm, steps, n, batch_size, as_json, surrogate, with_checks,
-             iterations_text, with_corruptions, nproc, device, quiet) -> None:
-    """Clean accuracy, and robust accuracy under attacks or a suite; writes RUN/metrics.json."""
-    from .distributed import relaunch, shutdown
-    from .runs import evaluate_run
-    from .storage.layout import METRICS_FILE
-
-    if nproc != 1:
-        sys.exit(relaunch(nproc, _argv_without_nproc(sys.argv[1:])))
-    eps = _parse_floats(eps_text, "--eps")
-    iterations = _parse_floats(iterations_text, "--iterations", whole=True) if iterations_text is not None else None
-    try:
-        metrics = evaluate_run(run, attacks=attack_names.split(",") if attack_names else None, suite=suite, eps=eps,
-                               norm=norm, steps=steps, n=n, batch_size=batch_size, surrogate=surrogate,
-                               checks=with_checks, iterations=iterations, corruptions=with_corruptions, device=device,
-                               progress=not quiet)
-    finally:
-        shutdown()
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
-    if as_json:
-        click.echo(json.dumps(metrics, indent=2))
-        return
-    _print_metrics(metrics, norm)
-    click.echo(f"metrics written to {Path(run) / METRICS_FILE}")
-
-
-def _print_metrics(metrics: dict[str, Any], norm: str) -> None:
-    """The table ``evaluate`` prints (without --json)."""
-    click.echo(f"clean accuracy   {metrics['evaluation_clean_accuracy']:.4f}  ({metrics['evaluated_samples']} test images)")
-    if "per_attack" in metrics:
-        for name, acc in metrics["per_attack"].items():
-            click.echo(f"{name:<16} {acc:.4f}")
-        click.echo(f"robust (worst)   {metrics['robust_accuracy']:.4f}  at {norm} eps={metrics['eps']:g}")
-    if metrics.get("iterations_curve"):
-        click.echo(f"robust accuracy vs iterations ({metrics['iterations_attack']}): " + ", ".join(
-            f"{c['steps']}: {c['robust_accuracy']:.4f}" for c in metrics["iterations_curve"]))
-    if metrics.get("corruptions"):
-        sevs = list(next(iter(metrics["corruptions"].values())))
-        click.echo(f"{'corruption':<16} " + " ".join(f"{'sev ' + s:>7}" for s in sevs))
-        for name, row in metrics["corruptions"].items():
-            click.echo(f"{name:<16} " + " ".join(f"{row[s]:7.4f}" for s in sevs))
-        click.echo(f"mean corruption accuracy {metrics['mean_corruption_accuracy']:.4f}")
-    if metrics.get("checks"):
-        from .evaluation import format_checks
-
-        click.echo(format_checks(metrics["checks"]))
 
 
 # --- demo ------------------------------------------------------------------------------------
@@ -307,86 +237,6 @@ def demo(out, epochs, robust_epochs, train_limit, n_eval, device, quiet) -> None
 
     run_demo(Path(out), epochs=epochs, robust_epochs=robust_epochs, device=device, progress=not quiet,
              train_limit=train_limit, n_eval=n_eval)
-
-
-# --- report ----------------------------------------------------------------------------------
-@main.command()
-@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for report.html and its PNGs.")
-@click.option("--eps", type=float, default=0.1, show_default=True, help="Budget of the report's adversarial examples.")
-@click.option("--norm", default="linf", show_default=True)
-@click.option("--n-examples", type=int, default=8, show_default=True, help="Adversarial examples shown per run.")
-@click.option("--no-artifacts", is_flag=True, help="Only read what the runs already hold; compute nothing.")
-@click.option("--device", default="auto", show_default=True)
-def report(runs, out, eps, norm, n_examples, no_artifacts, device) -> None:
-    """An HTML report (self-contained, with figures) on one or more runs: RUN [RUN ...]."""
-    from .report import build_report
-    from .runs.artifacts import refresh_artifacts
-    from .storage.layout import MODEL_WEIGHTS
-    from .threat import ThreatModel
-
-    threat = ThreatModel(norm, eps)  # bad --norm / --eps: ValueError, exit 2
-    if threat.eps <= 0:
-        raise ValueError(f"--eps must be > 0, got {eps}")
-    if n_examples < 1:
-        raise ValueError(f"--n-examples must be >= 1, got {n_examples}")
-    if not no_artifacts:
-        for done in refresh_artifacts(runs, n_examples=n_examples, eps=threat.eps, norm=threat.norm, device=device):
-            if done["status"] == "fresh":
-                click.echo(f"artifacts of {done['run']} are up to date")
-            elif done["status"] == "no-model":
-                click.echo(f"no {MODEL_WEIGHTS} in {done['run']}: report without artifacts", err=True)
-            else:
-                click.echo(f"artifacts of {done['run']} written ({done['seconds']:.1f}s)")
-    click.echo(str(build_report([Path(r) for r in runs], Path(out))))
-
-
-# --- train-detector --------------------------------------------------------------------------
-@main.command("train-detector")
-@click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("--attack", "attack_name", default="pgd", show_default=True,
-              help="Attack that makes the training examples (gradient attacks with steps, e.g. pgd, take --steps).")
-@click.option("--eps", type=float, default=0.1, show_default=True)
-@click.option("--norm", default="linf", show_default=True)
-@click.option("--steps", type=int, default=10, show_default=True, help="Iterations of the (iterative) training attack.")
-@click.option("--eval-steps", type=int, default=20, show_default=True,
-              help="Iterations of the plain and the adaptive attack on the test images.")
-@click.option("--attack-option", "attack_option", multiple=True, help="Training-attack option KEY=VALUE (repeatable).")
-@click.option("--n-train", type=int, default=5000, show_default=True, help="Training images (clean + attacked).")
-@click.option("--n-test", type=int, default=1000, show_default=True, help="Test images (clean + attacked).")
-@click.option("--epochs", type=int, default=30, show_default=True, help="Detector training epochs.")
-@click.option("--hidden", default="64", show_default=True, help="Detector hidden sizes, comma-separated ('' = logistic regression).")
-@click.option("--layer", default=None, help="Feature layer (module name); default: input of the last nn.Linear.")
-@click.option("--lam", type=float, default=1.0, show_default=True, help="Detector weight of the adaptive attack.")
-@click.option("--adaptive-loss", default="margin", show_default=True, help="Classifier loss of the adaptive attack.")
-@click.option("--kappa", type=float, default=1.0, show_default=True, help="Cap on the adaptive classifier loss (<0: none).")
-@click.option("--det-margin", type=float, default=1.0, show_default=True,
-              help="Adaptive attack: push the detector logit only this far below the threshold (<0: no cap).")
-@click.option("--fpr", type=float, default=0.05, show_default=True, help="False-positive rate that sets the threshold.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch-size", type=int, default=500, show_default=True)
-@click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--device", default="auto", show_default=True)
-def train_detector_cmd(run, attack_name, eps, norm, steps, eval_steps, attack_option, n_train, n_test, epochs, hidden,
-                       layer, lam, adaptive_loss, kappa, det_margin, fpr, seed, batch_size, out, device) -> None:
-    """Train a SafetyNet-style adversarial-example detector on RUN's features; report detection
-    under the plain and an adaptive attack; write OUT/detector.safetensors, detector.json, metrics.json."""
-    from .runs import detector_run
-
-    m = detector_run(run, out, attack=attack_name, eps=eps, norm=norm, steps=steps, eval_steps=eval_steps,
-                     options=_parse_options(attack_option), n_train=n_train, n_test=n_test, epochs=epochs,
-                     hidden=tuple(int(h) for h in hidden.split(",") if h.strip()), layer=layer, lam=lam,
-                     adaptive_loss=adaptive_loss, kappa=None if kappa < 0 else kappa,
-                     det_margin=None if det_margin < 0 else det_margin, fpr=fpr, seed=seed, batch_size=batch_size,
-                     device=device)
-    click.echo(f"features {m['layer']} ({m['capture']}), {m['n_train']} training / {m['n']} test images; "
-               f"threshold at {fpr:.0%} FPR on clean test (actual {m['false_positive_rate']:.3f})")
-    click.echo(f"{'':10} {'success':>8} {'ROC AUC':>8} {'detect':>8} {'det|succ':>8} {'fool+evade':>10}")
-    for name in ("plain", "adaptive"):
-        r = m[name]
-        click.echo(f"{name:10} {r['success_rate']:8.4f} {r['roc_auc']:8.4f} {r['detection_rate']:8.4f} "
-                   f"{r['detection_rate_on_successful']:8.4f} {r['fool_and_evade']:10.4f}")
-    click.echo(f"written to {Path(out)} ({m['seconds']:.0f}s)")
 
 
 # --- noisy-student ---------------------------------------------------------------------------
@@ -443,6 +293,9 @@ def noisy_student_cmd(dataset, data_root, labelled, unlabelled, iterations, epoc
                    f"{m['train_seconds']:8.1f}")
     click.echo(f"written to {out} ({time.perf_counter() - t0:.0f}s)")
 
+
+# attack, evaluate, report, train-detector: in cli_eval (they share the --model / --data options)
+from . import cli_eval  # noqa: E402,F401  (registers its commands on main)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -66,11 +66,11 @@ def test_evaluate_iterations_curve_and_corruptions(digits_run):
     assert table["gaussian_noise"]["5"] < m["evaluation_clean_accuracy"] - 0.1
     vals = [a for row in table.values() for a in row.values()]
     assert m["mean_corruption_accuracy"] == pytest.approx(sum(vals) / len(vals))
-    # a later evaluation without --iterations drops the curve that no longer matches it
+    # a later evaluation replaces the earlier one: nothing of it is mixed into the new numbers
     r = cli("evaluate", digits_run, "--attacks", "fgsm", "--n", "50", "--quiet", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     m = json.loads((digits_run / "metrics.json").read_text())
-    assert "iterations_curve" not in m and "corruptions" in m
+    assert "iterations_curve" not in m and "corruptions" not in m and m["evaluated_samples"] == 50
 
 
 def test_attack_saves_examples_and_summary(digits_run, tmp_path):

@@ -29,6 +29,9 @@ class AttackOutcome:
 
     ``robust[i]``: sample i is classified correctly after the attack (False where the clean
     prediction was already wrong). ``attacked[i]``: the attack was actually run on sample i.
+    ``settings``: the attack with its budget (its ``repr``: steps, restarts, queries, targets).
+    ``examples``: only with ``run_attack(..., keep_examples=True)``: the attack's output for every
+    attacked sample (zeros elsewhere), on the CPU; None otherwise.
     """
 
     name: str
@@ -36,6 +39,8 @@ class AttackOutcome:
     attacked: torch.Tensor
     norms: dict[str, torch.Tensor]
     seconds: float
+    settings: str = ""
+    examples: torch.Tensor | None = None
 
     def summary(self, clean_correct: torch.Tensor) -> dict[str, Any]:
         n = len(self.robust)
@@ -47,6 +52,8 @@ class AttackOutcome:
             "attacked": int(self.attacked.sum()),
             "seconds": round(self.seconds, 3),
         }
+        if self.settings:
+            out["settings"] = self.settings
         for k, v in self.norms.items():
             sel = v[fooled] if fooled.any() else v[:0]
             out[f"mean_{k}"] = float(sel.mean()) if len(sel) else 0.0
@@ -68,14 +75,22 @@ def run_attack(
     only: torch.Tensor | None = None,
     progress: bool = False,
     clean_correct: torch.Tensor | None = None,
+    keep_examples: bool = False,
 ) -> AttackOutcome:
     """Run ``attack`` on the samples selected by ``only`` (default: all correctly classified),
     in batches, and record per-sample robustness and perturbation sizes. ``clean_correct``
     (per-sample clean correctness) saves the clean forward pass when the caller already has it.
+    ``keep_examples``: also return the adversarial examples (``outcome.examples``).
 
-    Under torch.distributed (``robustlab evaluate --nproc N``) the batches are dealt round-robin to
-    the ranks and the outcomes summed, so every batch holds the same samples, with the same seed,
-    as in one process: the per-sample results are identical to a single-process run."""
+    Under torch.distributed (``robustlab evaluate --nproc N``) the shards are defined by sample
+    index: the indices (into ``x``) of the selected samples, in increasing order, are cut into
+    batches of ``batch_size``; batch j goes to rank j % world; each rank writes its outcomes at those
+    indices of zero-filled per-sample tensors, which are then summed over the ranks. Every batch
+    thus holds the same samples, with the same seed, as in one process: the per-sample results are
+    identical to a single-process run, for any number of processes. A streamed Dataset/DataLoader
+    must shard the same way: number the samples by their position in the dataset (not in a rank's
+    loader), batch the selected indices in that order, and let rank r read only batches r, r +
+    world, ... (e.g. through a Subset), so that the batches and the attack's per-batch seed match."""
     from ..distributed import dist_info
 
     rank, world = dist_info()
@@ -85,21 +100,25 @@ def run_attack(
     idx = sel.nonzero().flatten()
     broken = torch.zeros(n, device=x.device)
     norms = {k: torch.zeros(n, device=x.device) for k in ("l1", "l2", "linf")}
+    examples = torch.zeros_like(x) if keep_examples else None
     t0 = time.perf_counter()
     starts = list(range(0, len(idx), batch_size))[rank::world]
     for i in tqdm(starts, desc=attack.name, disable=not progress or rank != 0, leave=False):
         b = idx[i : i + batch_size]
         res = attack.run(model, x[b], y[b])
         broken[b] = res.success.to(broken.dtype)
+        if examples is not None:
+            examples[b] = res.x_adv.to(examples.dtype)
         for k, v in _norms(res.x_adv - x[b]).items():
             norms[k][b] = v
     if world > 1:
         import torch.distributed as dist
 
-        for t in (broken, *norms.values()):
+        for t in (broken, *norms.values(), *([] if examples is None else [examples])):
             dist.all_reduce(t)  # each sample was filled by exactly one rank, zeros elsewhere
     robust &= broken == 0
-    return AttackOutcome(attack.name, robust.cpu(), sel.cpu(), {k: v.cpu() for k, v in norms.items()}, time.perf_counter() - t0)
+    return AttackOutcome(attack.name, robust.cpu(), sel.cpu(), {k: v.cpu() for k, v in norms.items()},
+                         time.perf_counter() - t0, repr(attack), None if examples is None else examples.cpu())
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""A run directory as plain data for the report: the files it reads, never a model.
+"""A run directory (or an evaluation directory) as plain data for the report: the files it reads, never a model.
 
 ``config.json``, ``model.json``, ``history.jsonl``, ``metrics.json`` and the ``artifacts/`` that
 :func:`robustlab.runs.artifacts.write_artifacts` computed, through the shared readers in
@@ -26,6 +26,7 @@ from ..storage.layout import (
     read_json,
 )
 
+EVALUATION_KIND = "robustlab-evaluation"  # evaluation.json of an evaluation directory (runs.evaluation_dir.KIND)
 ARTIFACT_SECTIONS = ("examples", "feature_maps", "loss_surface", "filters", "class_visualisations")
 
 
@@ -135,9 +136,74 @@ class RunData:
                 and finite_number(c.get("robust_accuracy")) is not None]
 
 
+# --- evaluation directories (robustlab evaluate --out DIR) ---------------------------------------
+EXAMPLES_SHOWN = 8
+
+
+def _label(identity: dict[str, Any], *keys: str) -> str | None:
+    """The first of ``keys`` an identity record holds, as text ('net.py:Net', 'pngs', 'digits (test)')."""
+    for k in keys:
+        if identity.get(k):
+            v = identity[k]
+            return f"{v} ({identity['split']})" if k == "dataset" and identity.get("split") else str(v)
+    return None
+
+
+def evaluation_examples(ev_dir: Path, eps: Any) -> dict[str, Any]:
+    """The artifacts an evaluation directory gives a report: its first broken samples
+    (adversarial.safetensors) as the 'examples' section; the sections that need a model are missing."""
+    from ..storage.layout import ATTACK_EXAMPLES
+
+    none = {s: {"missing": "an evaluation directory holds results, not a model"} for s in ARTIFACT_SECTIONS}
+    t = read_tensors(ev_dir / ATTACK_EXAMPLES)
+    keys = ("x", "x_adv", "y", "clean_pred", "pred_adv", "clean_conf", "conf_adv")
+    if t is None or not all(k in t for k in keys):
+        none["examples"] = {"missing": "no adversarial.safetensors (robustlab evaluate ... --out DIR --save-adversarial)"}
+        return {"manifest": {"eps": eps}, **none}
+    broken = np.flatnonzero((t["clean_pred"] == t["y"]) & (t["pred_adv"] != t["y"]))[:EXAMPLES_SHOWN]
+    if not len(broken):
+        none["examples"] = {"missing": "no sample was broken"}
+        return {"manifest": {"eps": eps}, **none}
+    data = {"x": t["x"][broken], "x_adv": t["x_adv"][broken], "pred_clean": t["clean_pred"][broken],
+            "conf_clean": t["clean_conf"][broken], "pred_adv": t["pred_adv"][broken], "conf_adv": t["conf_adv"][broken],
+            "success": np.ones(len(broken), dtype=bool)}
+    meta = {"attack": "the per-sample worst case of the evaluation's attacks", "indices": broken.tolist()}
+    return {"manifest": {"eps": eps}, **none, "examples": {"meta": meta, "data": data}}
+
+
+def read_evaluation_dir(ev_dir: str | Path, doc: dict[str, Any], title: str | None = None) -> RunData:
+    """An evaluation directory as a RunData: its evaluation.json as metrics, the model's and the
+    data's identity as the summary's model and dataset, its examples as artifacts."""
+    p = Path(ev_dir)
+    threat = doc.get("threat") if isinstance(doc.get("threat"), dict) else {}
+    model = doc.get("model") if isinstance(doc.get("model"), dict) else {}
+    data = doc.get("data") if isinstance(doc.get("data"), dict) else {}
+    metrics = {k: doc[k] for k in ("clean_accuracy", "robust_accuracy", "per_attack", "checks", "eps_curve",
+                                   "iterations_curve", "corruptions", "mean_corruption_accuracy", "evaluate_seconds")
+               if k in doc}
+    metrics.update(eps=threat.get("eps"), norm=threat.get("norm"), test_samples=doc.get("n"),
+                   evaluated_samples=doc.get("n"), evaluation_clean_accuracy=doc.get("clean_accuracy"),
+                   evaluation={k: v for k, v in doc.items() if k != "per_sample"})
+    if "robust_accuracy" not in doc:
+        for k in ("per_attack", "evaluation"):
+            metrics.pop(k, None)
+    data_name = _label(data, "dataset", "path")
+    spec = {"dataset": data_name, "model": _label(model, "entry", "run"), "defense": "(evaluation directory)"}
+    dataset = {"name": data_name, "class_names": data.get("class_names") or []}
+    return RunData(path=p, title=title if title is not None else (p.name or str(p)), config={"spec": spec},
+                   model_meta={"dataset": dataset}, metrics=metrics, history=[],
+                   artifacts=evaluation_examples(p, threat.get("eps")))
+
+
 def read_run(run_dir: str | Path, title: str | None = None) -> RunData:
-    """Read one run directory (missing files give empty fields)."""
+    """Read one run directory, or an evaluation directory (``robustlab evaluate --out``; see
+    :func:`read_evaluation_dir`); missing files give empty fields."""
+    from ..storage.layout import EVALUATION_FILE
+
     p = Path(run_dir)
+    doc = read_json(p / EVALUATION_FILE)
+    if isinstance(doc, dict) and doc.get("kind") == EVALUATION_KIND:
+        return read_evaluation_dir(p, doc, title)
     cfg, meta, metrics = read_json(p / CONFIG_FILE), read_json(p / MODEL_META), read_json(p / METRICS_FILE)
     return RunData(
         path=p,

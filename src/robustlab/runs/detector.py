@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from ..attacks import ATTACKS, Attack, attack_options, build_attack
-from ..storage import atomic_write_json, load_model
+from ..storage import atomic_write_json
 from ..storage.layout import METRICS_FILE
 from ..threat import ThreatModel
-from .train import load_run_data, resolve_device
+from .train import resolve_device
 
 ADAPTIVE_STEPS = 20  # the adaptive attack's steps when the training attack is not iterative
 
@@ -51,8 +51,26 @@ def detector_attacks(name: str, threat: ThreatModel, steps: int = 10, eval_steps
     return build_attack(name, threat, **opts), build_attack(name, threat, **eval_opts)
 
 
+def detector_data(src: Any, data: Any, dev: Any, n_train: int, n_test: int) -> tuple[Any, tuple, tuple]:
+    """The model and (train, test) data of a detector experiment: the run's splits, a named data
+    set's train split and ``--split`` (default test), or a ``--data`` file cut in two (the first
+    ``n_train`` images train, the next ``n_test`` test; 80/20 when the file holds fewer)."""
+    from .sources import model_and_data
+
+    if data.path is not None:
+        model, x, y, _, _ = model_and_data(src, data, dev)
+        k = n_train if len(y) >= n_train + n_test else int(0.8 * len(y))
+        if k < 2 or len(y) - k < 2:
+            raise ValueError(f"--data {data.path} holds {len(y)} images: too few to train and test a detector")
+        return model, (x[:k], y[:k]), (x[k : k + n_test], y[k : k + n_test])
+    model, x_te, y_te, _, _ = model_and_data(src, data, dev, limit=n_test, split="test")
+    x_tr, y_tr, _, _ = data.load(src.run, dev, n_train, split="train") if data.dataset is None else \
+        type(data)(dataset=data.dataset, split="train", root=data.root).load(None, dev, n_train)
+    return model, (x_tr, y_tr), (x_te, y_te)
+
+
 def detector_run(
-    run: str | Path,
+    run: str | Path | None,
     out: str | Path,
     *,
     attack: str = "pgd",
@@ -74,6 +92,8 @@ def detector_run(
     seed: int = 0,
     batch_size: int = 500,
     device: str = "auto",
+    model_source: Any | None = None,
+    data: Any | None = None,
 ) -> dict[str, Any]:
     """Train a detector on ``run``'s features (``n_train`` training images, clean and attacked),
     evaluate it on ``n_test`` test images under the plain and an adaptive attack, and write
@@ -85,11 +105,11 @@ def detector_run(
         raise ValueError("--n-train and --n-test must be >= 2")
     if not 0 < fpr < 1:
         raise ValueError(f"--fpr must be in (0, 1), got {fpr}")
+    from .sources import DataSource, ModelSource
+
     dev = resolve_device(device)
-    model = load_model(run, map_location=dev)
-    x_tr, y_tr, _ = load_run_data(run, "train", dev)
-    x_tr, y_tr = x_tr[:n_train], y_tr[:n_train]
-    x_te, y_te, _ = load_run_data(run, "test", dev, limit=n_test)
+    src = model_source or ModelSource(run=None if run is None else str(run))
+    model, (x_tr, y_tr), (x_te, y_te) = detector_data(src, data or DataSource(), dev, n_train, n_test)
     threat = ThreatModel(norm, eps)
     atk, eval_atk = detector_attacks(attack, threat, steps, eval_steps, options, seed)
     t0 = time.perf_counter()
@@ -99,9 +119,9 @@ def detector_run(
         adaptive_loss=adaptive_loss, kappa=kappa, det_margin=det_margin, layer=layer, hidden=tuple(hidden),
         epochs=epochs, seed=seed, target_fpr=fpr, batch_size=batch_size,
     )
-    metrics.update({"run": str(run), "threat": threat.to_dict(), "seconds": round(time.perf_counter() - t0, 2)})
+    metrics.update({"run": src.describe(), "threat": threat.to_dict(), "seconds": round(time.perf_counter() - t0, 2)})
     outp = Path(out)
-    det.save(outp, classifier_run=str(Path(run).resolve()), threat=threat.to_dict(), metrics=metrics)
+    det.save(outp, classifier_run=str(Path(run).resolve()) if run is not None else src.describe(), threat=threat.to_dict(), metrics=metrics)
     atomic_write_json(outp / METRICS_FILE, metrics)
     return metrics
 

@@ -1,29 +1,41 @@
-"""Evaluating and attacking a run directory: what ``robustlab evaluate`` and ``robustlab attack``
-do, as functions that return plain dicts (the CLI only prints them).
+"""Evaluating and attacking a model: what ``robustlab evaluate`` and ``robustlab attack`` do, as
+functions that return plain dicts (the CLI only prints them).
 
-:func:`evaluate_run` merges its result into ``RUN/metrics.json`` and writes the headline
+The model is a run directory or an entry point, the data the run's test set, a ``--data`` path
+or a named data set (:mod:`.sources`). :func:`evaluate_run` with ``out`` writes an evaluation
+directory (:mod:`.evaluation_dir`) and touches no run; without it, it replaces the previous
+evaluation's keys in ``RUN/metrics.json`` (never mixes two evaluations) and writes the headline
 evaluation's per-sample outcomes to ``RUN/evaluation.json``; :func:`attack_run` writes
 ``OUT/adversarial.safetensors`` and ``OUT/summary.json`` (names in :mod:`robustlab.storage.layout`).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..attacks import ATTACKS, Attack, Transfer, attack_options, build_attack
 from ..distributed import init_from_env
-from ..evaluation import clean_accuracy, corruption_metrics, evaluate, iterations_metrics
+from ..evaluation import EvaluationResult, clean_accuracy, corruption_metrics, evaluate, iterations_metrics
 from ..storage import atomic_save_safetensors, atomic_write_json, atomic_write_text, load_model
-from ..storage.layout import ATTACK_EXAMPLES, ATTACK_SUMMARY, EVALUATION_FILE
+from ..storage.layout import ATTACK_EXAMPLES, ATTACK_SUMMARY, EVALUATION_FILE, METRICS_FILE, read_json
 from ..threat import ThreatModel
-from ..training import write_metrics
-from .train import load_run_data, resolve_device
+from .evaluation_dir import evaluation_document, write_adversarial, write_evaluation_dir
+from .sources import DataSource, ModelSource, model_and_data
+from .train import resolve_device
+
+# metrics.json keys an evaluation writes (and the next evaluation removes before writing its own)
+EVALUATION_KEYS = ("evaluated_samples", "evaluation_clean_accuracy", "robust_accuracy", "per_attack", "eps", "norm",
+                   "suite", "evaluation", "eps_curve", "checks", "iterations_curve", "iterations_attack", "corruptions",
+                   "corruptions_n", "mean_corruption_accuracy", "evaluate_seconds", "evaluation_keys")
 
 
 def evaluation_attack(name: str, threat: ThreatModel, steps: int | None = None, surrogate: Any | None = None) -> Attack:
@@ -50,8 +62,60 @@ def _is_rank0() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def evaluate_keeping_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
+                              attacks: str | Sequence[Attack], batch_size: int = 500, progress: bool = False,
+                              checks: bool = False) -> tuple[EvaluationResult, torch.Tensor]:
+    """:func:`robustlab.evaluate` (cascade, early stop) that also returns the per-sample worst
+    case: the example of the first attack that broke each sample, else the sample itself. The
+    result is the one ``evaluate`` gives: the same attacks run on the same batches."""
+    from .._torch import predict
+    from ..evaluation import format_checks, run_checks
+    from ..evaluation.evaluate import _unique_names
+    from ..evaluation.outcomes import run_attack
+    from ..evaluation.suites import build_suite
+    from ..validation import check_images
+
+    check_images(x, threat)
+    attack_list = build_suite(attacks, threat) if isinstance(attacks, str) else list(attacks)
+    names = _unique_names(attack_list)
+    clean_correct = (predict(model, x, batch_size) == y).cpu()
+    alive = clean_correct.clone()
+    x_adv = x.detach().clone()
+    outcomes = []
+    for name, attack in zip(names, attack_list):
+        a = copy.copy(attack)
+        a.early_stop, a.name = True, name
+        out = run_attack(model, x, y, a, batch_size, only=alive.to(x.device), progress=progress,
+                         clean_correct=clean_correct, keep_examples=True)
+        out.robust &= alive
+        broken_now = alive & ~out.robust
+        x_adv[broken_now.to(x.device)] = out.examples[broken_now].to(x.device, x.dtype)  # type: ignore[index]
+        out.examples = None
+        alive &= out.robust
+        outcomes.append(out)
+    result = EvaluationResult(threat, len(x), clean_correct, outcomes, True)
+    if checks:
+        gradient = [n for n, a in zip(names, attack_list) if getattr(a, "uses_gradients", True)]
+        result.checks = run_checks(model, x, y, threat, result=result, whitebox_names=gradient, batch_size=batch_size)
+        if any(c["status"] != "PASS" for c in result.checks):
+            warnings.warn("\n" + format_checks(result.checks), RuntimeWarning, stacklevel=2)
+    return result, x_adv
+
+
+def replace_evaluation_metrics(run: str | Path, metrics: dict[str, Any]) -> None:
+    """Write ``metrics`` into ``RUN/metrics.json`` in place of the previous evaluation's keys
+    (training's keys stay): two evaluations are never mixed in one file."""
+    p = Path(run) / METRICS_FILE
+    old = read_json(p)
+    kept = {k: v for k, v in (old if isinstance(old, dict) else {}).items()
+            if k not in EVALUATION_KEYS and k not in ((old or {}).get("evaluation_keys") or [])}
+    new = {k: v for k, v in metrics.items() if v is not None}
+    new["evaluation_keys"] = sorted(k for k in new if k != "clean_accuracy")
+    atomic_write_json(p, {**kept, **new})
+
+
 def evaluate_run(
-    run: str | Path,
+    run: str | Path | None = None,
     *,
     attacks: Sequence[str] | None = None,
     suite: str | None = None,
@@ -66,17 +130,27 @@ def evaluate_run(
     corruptions: bool = False,
     device: str = "auto",
     progress: bool = True,
+    model: ModelSource | None = None,
+    data: DataSource | None = None,
+    out: str | Path | None = None,
+    save_adversarial: bool = False,
 ) -> dict[str, Any]:
-    """Clean accuracy of ``run``'s model on its test set (first ``n`` images), and with ``attacks``
-    (names; blanks are skipped) or a ``suite`` the robust accuracy at every budget in ``eps`` (the
-    first is the headline, more make ``eps_curve``); ``iterations`` adds robust accuracy vs attack
-    steps (PGD when ``attacks`` is just ``["pgd"]``, else APGD-CE), ``corruptions`` the
-    common-corruption table, ``checks`` the gradient-masking checks.
+    """Clean accuracy of a model on its data (first ``n`` images), and with ``attacks`` (names;
+    blanks are skipped) or a ``suite`` the robust accuracy at every budget in ``eps`` (the first is
+    the headline, more make ``eps_curve``); ``iterations`` adds robust accuracy vs attack steps
+    (PGD when ``attacks`` is just ``["pgd"]``, else APGD-CE), ``corruptions`` the common-corruption
+    table, ``checks`` the gradient-masking checks.
 
-    Under torch.distributed (``robustlab evaluate --nproc``) the work is sharded and only rank 0
-    writes. Returns the metrics merged into ``RUN/metrics.json`` (a key set to None there is
-    removed from the file: e.g. an ``iterations_curve`` of an earlier, different evaluation)."""
+    The model is ``run`` or ``model`` (an entry point), the data ``data`` (default: the run's
+    test set). With ``out`` the evaluation directory's document is written and returned
+    (``save_adversarial`` adds the worst-case examples); otherwise the run's metrics.json
+    evaluation keys are replaced and the metrics returned. Under torch.distributed
+    (``robustlab evaluate --nproc``) the work is sharded and only rank 0 writes."""
     # every input checked before any work
+    src = model or ModelSource(run=None if run is None else str(run))
+    data = data or DataSource()
+    src.check()
+    data.check(src.run)
     eps_values = [float(e) for e in eps]
     if not eps_values:
         raise ValueError("--eps is empty")
@@ -84,47 +158,85 @@ def evaluate_run(
     names = None if attacks is None else [a.strip().lower() for a in attacks if a.strip()]
     if names is not None and suite:
         raise ValueError("give --attacks or --suite, not both")
+    if save_adversarial and out is None:
+        raise ValueError("--save-adversarial needs --out DIR (an evaluation directory)")
+    if save_adversarial and names is None and not suite:
+        raise ValueError("--save-adversarial needs attacks: --attacks or --suite")
+    if out is None and src.run is None:
+        raise ValueError("a model given with --model has no run directory to write to: give --out DIR")
+    if out is None and data.given:
+        raise ValueError("evaluating a RUN on other data (--data / --dataset) needs --out DIR: RUN/metrics.json "
+                         "holds the numbers of the run's own test set")
+    if out is not None and src.run is not None and Path(out).resolve() == Path(src.run).resolve():
+        raise ValueError("--out must be a new evaluation directory, not the run directory")
     dev = init_from_env(resolve_device(device))
-    model = load_model(run, map_location=dev)
-    x, y, _ = load_run_data(run, "test", dev, limit=n)
+    net, x, y, info, data_id = model_and_data(src, data, dev, limit=n)
     surrogate_model = load_model(surrogate, map_location=dev) if surrogate else None
     t0 = time.perf_counter()
-    clean = clean_accuracy(model, x, y, batch_size)
+    clean = clean_accuracy(net, x, y, batch_size)
     # The run's headline clean_accuracy is the full test set's; a subset (n) is kept apart.
     metrics: dict[str, Any] = {"evaluated_samples": len(y), "evaluation_clean_accuracy": clean}
-    if n is None:
+    if n is None and not data.given:
         metrics["clean_accuracy"] = clean
-    head = None
+    head, x_adv, curve = None, None, []
     if names is not None or suite:
-        curve: list[dict[str, Any]] = []
-        for eps_value, threat in zip(eps_values, threats):
+        for k, (eps_value, threat) in enumerate(zip(eps_values, threats)):
             attack_list: Any = suite or [evaluation_attack(a, threat, steps, surrogate_model) for a in names or ()]
-            res = evaluate(model, x, y, threat, attack_list, batch_size=batch_size, progress=progress, checks=checks)
+            if k == 0 and save_adversarial:
+                res, x_adv = evaluate_keeping_examples(net, x, y, threat, attack_list, batch_size, progress, checks)
+            else:
+                res = evaluate(net, x, y, threat, attack_list, batch_size=batch_size, progress=progress,
+                               checks=checks and k == 0)
             curve.append({"eps": eps_value, "robust_accuracy": res.robust_accuracy, "per_attack": res.per_attack,
                           "result": res})
         head = curve[0]["result"]  # the first eps is the headline budget; the rest make the curve
         metrics.update({"robust_accuracy": head.robust_accuracy, "per_attack": head.per_attack,
                         "eps": eps_values[0], "norm": norm, "suite": suite, "evaluation": head.to_dict(per_sample=False),
-                        "eps_curve": None, "checks": head.checks or None})
+                        "checks": head.checks or None})
         if len(curve) > 1:
             metrics["eps_curve"] = [{k: c[k] for k in ("eps", "robust_accuracy", "per_attack")} for c in curve]
-        metrics["iterations_curve"] = None  # a curve from an earlier evaluation may not match this one
     if iterations is not None:
         kind = "pgd" if names == ["pgd"] else "apgd"
-        metrics.update(iterations_metrics(model, x, y, threats[0], list(iterations), attack=kind,
+        metrics.update(iterations_metrics(net, x, y, threats[0], list(iterations), attack=kind,
                                           batch_size=batch_size, progress=progress))
     if corruptions:
-        metrics.update(corruption_metrics(model, x, y, batch_size=batch_size))
+        metrics.update(corruption_metrics(net, x, y, batch_size=batch_size))
     metrics["evaluate_seconds"] = round(time.perf_counter() - t0, 2)
+    if out is not None:
+        return _write_out(Path(out), metrics, head, net, x, y, x_adv, src, data_id, suite, batch_size)
     if _is_rank0():
+        evaluation_path = Path(str(src.run)) / EVALUATION_FILE
         if head is not None:  # the headline result with per-sample outcomes (schema: docs/results-schema.md)
-            atomic_write_text(Path(run) / EVALUATION_FILE, head.to_json(per_sample=True))
-        write_metrics(run, metrics)
-    return metrics
+            atomic_write_text(evaluation_path, head.to_json(per_sample=True))
+        elif evaluation_path.is_file():
+            evaluation_path.unlink()  # an earlier evaluation's outcomes no longer match metrics.json
+        replace_evaluation_metrics(str(src.run), metrics)
+    return {k: v for k, v in metrics.items() if v is not None}
+
+
+def _write_out(out: Path, metrics: dict[str, Any], head: EvaluationResult | None, net: nn.Module, x: torch.Tensor,
+               y: torch.Tensor, x_adv: torch.Tensor | None, src: ModelSource, data_id: dict[str, Any],
+               suite: str | None, batch_size: int) -> dict[str, Any]:
+    """The evaluation directory: evaluation.json (+ adversarial.safetensors / .png); the document."""
+    clean_n = round(metrics["evaluation_clean_accuracy"] * len(y))
+    if head is not None:
+        result = head.to_dict(per_sample=True)
+        counts = {"clean_correct": int(head.clean_correct.sum()), "robust": int(head.robust.sum())}
+    else:
+        result = {"schema_version": 1, "n": len(y), "clean_accuracy": metrics["evaluation_clean_accuracy"]}
+        counts = {"clean_correct": clean_n}
+    extra = {k: metrics[k] for k in ("eps_curve", "iterations_curve", "iterations_attack", "corruptions",
+                                     "corruptions_n", "mean_corruption_accuracy", "evaluate_seconds") if k in metrics}
+    doc = evaluation_document(result, model=src.identity(), data=data_id, suite=suite, extra=extra, counts=counts)
+    if _is_rank0():
+        if x_adv is not None:
+            doc["adversarial"] = write_adversarial(out, net, x, x_adv, y, batch_size)
+        write_evaluation_dir(out, doc)
+    return doc
 
 
 def attack_run(
-    run: str | Path,
+    run: str | Path | None,
     out: str | Path,
     *,
     attack: str = "pgd",
@@ -136,15 +248,19 @@ def attack_run(
     n: int = 1000,
     batch_size: int = 500,
     device: str = "auto",
+    model_source: ModelSource | None = None,
+    data: DataSource | None = None,
 ) -> dict[str, Any]:
-    """Attack the first ``n`` test images of ``run`` (targeted at class ``target`` when given) and
-    write the examples to ``OUT/adversarial.safetensors`` (``x``, ``x_adv``, ``y``, ``pred_adv``,
-    ``clean_pred``) and the returned summary to ``OUT/summary.json``."""
+    """Attack the first ``n`` test images of ``run`` (or of ``data``, with the model ``run`` or
+    ``model_source``), targeted at class ``target`` when given, and write the examples to
+    ``OUT/adversarial.safetensors`` (``x``, ``x_adv``, ``y``, ``pred_adv``, ``clean_pred``) and the
+    returned summary to ``OUT/summary.json``."""
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be >= 1, got {n} and {batch_size}")
+    src = model_source or ModelSource(run=None if run is None else str(run))
+    data = data or DataSource()
     dev = resolve_device(device)
-    model = load_model(run, map_location=dev)
-    x, y, info = load_run_data(run, "test", dev, limit=n)
+    model, x, y, info, data_id = model_and_data(src, data, dev, limit=n)
     threat = ThreatModel(norm, eps)
     opts = dict(options or {})
     if steps is not None:
@@ -173,7 +289,7 @@ def attack_run(
         "adversarial_accuracy": float((pred_adv == y).float().mean()),
         "success_rate_on_correct": float((success & correct).float().sum() / max(int(correct.sum()), 1)),
         "mean_l2": float(delta.norm(dim=1).mean()), "max_linf": float(delta.abs().amax(1).max()),
-        "seconds": round(seconds, 3),
+        "seconds": round(seconds, 3), "model": src.identity(), "data": data_id,
     }
     outp = Path(out)
     atomic_save_safetensors({"x": x.cpu(), "x_adv": x_adv.cpu(), "y": y.cpu(), "pred_adv": pred_adv.cpu(),
@@ -182,4 +298,5 @@ def attack_run(
     return summary
 
 
-__all__ = ["attack_run", "evaluate_run", "evaluation_attack"]
+__all__ = ["EVALUATION_KEYS", "attack_run", "evaluate_keeping_examples", "evaluate_run", "evaluation_attack",
+           "replace_evaluation_metrics"]

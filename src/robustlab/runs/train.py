@@ -4,11 +4,16 @@ A run directory holds ``config.json`` (the spec: data, model, defence, training)
 and ``model.json`` (the checkpoint), ``history.jsonl`` (one line per epoch), ``train_state.safetensors``
 (to resume) and ``metrics.json``; the names live in :mod:`robustlab.storage.layout`. The CLI, the
 demo and the tests all go through :func:`train_run`.
+
+Under ``torchrun --max-restarts N`` a restarted worker group (TORCHELASTIC_RESTART_COUNT > 0)
+resumes the run from its latest checkpoint by itself, but only a run with exactly the same
+settings: a difference is a ValueError that names the settings.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +54,10 @@ class RunSpec:
     defense_options: dict[str, Any] = field(default_factory=dict)
     monitor: dict[str, Any] | None = None
     training: dict[str, Any] = field(default_factory=dict)
+    # a model of your own (model = "file.py:Name"; model_options are its kwargs) and fine-tuning
+    normalize: dict[str, Any] | None = None  # {"mean": [...], "std": [...]}: a Normalize layer in front
+    init_from: str | None = None  # weights to start from (safetensors / .pt state dict, or a run directory)
+    freeze: list[str] = field(default_factory=list)  # fnmatch patterns of parameter / module names
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -109,14 +118,88 @@ def build_monitor(spec: RunSpec) -> Any | None:
     return build_attack(m.pop("attack", "pgd"), threat, **m)
 
 
-def train_run(spec: RunSpec, run_dir: str | Path, config: TrainConfig, device: str = "auto", resume: bool = False) -> dict[str, Any]:
-    """Train (or resume) the run in ``run_dir`` and return its metrics."""
-    from ..distributed import dist_info, init_from_env, wrap
+def setting_differences(spec: RunSpec, config: TrainConfig, saved: dict[str, Any]) -> list[str]:
+    """The settings (``spec.KEY`` / ``training.KEY``) in which ``spec`` and ``config`` differ from a
+    run's saved ``config.json`` content (``progress`` is not a setting)."""
+
+    def norm(d: dict[str, Any]) -> dict[str, Any]:
+        return json.loads(json.dumps(d, sort_keys=True))
+
+    now = {"spec": norm(spec.to_dict()), "training": norm(config.to_dict())}
+    then = {"spec": norm(RunSpec.from_dict(saved.get("spec", {})).to_dict()),
+            "training": norm(TrainConfig(**saved.get("training", {})).to_dict())}
+    return [f"{part}.{k} ({then[part].get(k)!r} in the run, {now[part].get(k)!r} now)"
+            for part in ("spec", "training") for k in sorted(set(now[part]) | set(then[part]))
+            if now[part].get(k) != then[part].get(k)]
+
+
+def elastic_resume(spec: RunSpec, config: TrainConfig, run: Path, device: torch.device) -> bool:
+    """True when torchrun's elastic agent restarted this worker group (TORCHELASTIC_RESTART_COUNT
+    > 0 on any rank: a collective) and ``run`` holds a checkpoint of this very run (then it resumes
+    without --resume). A checkpoint of a run with other settings is a ValueError naming them."""
+    from ..distributed import any_rank, restart_count
+
+    restarted = any_rank(restart_count() > 0, device)  # an agent does not count restarts of its healthy workers
+    if not restarted or not (run / STATE_FILE).is_file():
+        return False  # a first attempt, or a restart before the first checkpoint: start afresh
+    cfg_path = run / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise ValueError(f"torchrun restarted the workers, but {run} has a {STATE_FILE} without {CONFIG_FILE}; "
+                         "cannot tell whether it is this run")
+    diffs = setting_differences(spec, config, json.loads(cfg_path.read_text()))
+    if diffs:
+        raise ValueError(f"torchrun restarted the workers, but {run} holds a run with other settings: "
+                         f"{'; '.join(diffs)}; it is not resumed (use another --out)")
+    return True
+
+
+def build_run_model(spec: RunSpec, info: Any, x_one: torch.Tensor, y: torch.Tensor) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The spec's model and the options it was built with: a registered architecture (input_size
+    from the data), or an entry point ``file.py:Name`` / ``module:Name`` (importing that code,
+    announced on stderr; ``model_options`` are its kwargs; checked on one image); then the
+    ``init_from`` weights and the ``freeze`` patterns."""
+    from ..data_files import check_model_input
     from ..models import build_model
+    from ..models.entry import freeze, is_code_entry, load_entry, load_weights, read_state_dict
+    from ..storage.layout import MODEL_WEIGHTS
+
+    c, h, w = info.shape
+    opts = dict(spec.model_options)
+    init = spec.init_from
+    if init is not None and Path(init).is_dir():
+        init = str(Path(init) / MODEL_WEIGHTS)
+    if is_code_entry(spec.model):
+        norm = spec.normalize or {}
+        model = load_entry(spec.model, opts, init, norm.get("mean"), norm.get("std"))
+        check_model_input(model, x_one.cpu(), y.cpu(), f"{info.name} ({c}x{h}x{w} images)")
+        model.train()
+    else:
+        if spec.normalize:
+            raise ValueError("--mean/--std go with --model file.py:Name; registered models take "
+                             "--model-option mean=[...] --model-option std=[...]")
+        if spec.model != "resnet18" and opts.get("input_size", h) != h:  # resnet18 pools globally
+            raise ValueError(f"model option input_size={opts['input_size']!r} does not match the {info.name} images ({h}x{w})")
+        opts.setdefault("input_size", h)
+        model = build_model(spec.model, info.num_classes, c, **opts)
+        if init is not None:
+            load_weights(model, read_state_dict(init), init)
+    if spec.freeze:
+        freeze(model, spec.freeze)
+    return model, opts
+
+
+def train_run(spec: RunSpec, run_dir: str | Path, config: TrainConfig, device: str = "auto", resume: bool = False) -> dict[str, Any]:
+    """Train (or resume) the run in ``run_dir`` and return its metrics. Under torchrun, a restarted
+    worker group resumes by itself (see :func:`elastic_resume`)."""
+    from ..distributed import dist_info, init_from_env, wrap
 
     run = Path(run_dir)
     dev = init_from_env(resolve_device(device))
     rank, _world = dist_info()
+    if not resume and elastic_resume(spec, config, run, dev):
+        resume = True
+        if rank == 0:
+            print(f"torchrun restarted the workers: resuming {run} from its latest checkpoint", file=sys.stderr)
     if resume:
         cfg_path = run / CONFIG_FILE
         if not cfg_path.is_file() or not (run / STATE_FILE).is_file():
@@ -131,13 +214,9 @@ def train_run(spec: RunSpec, run_dir: str | Path, config: TrainConfig, device: s
             raise ValueError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
     x_tr, y_tr, info = load_split(spec, "train", dev)
     x_te, y_te, _ = load_split(spec, "test", dev)
-    c, h, _w = info.shape
     torch.manual_seed(config.seed)
-    opts = dict(spec.model_options)
-    if spec.model != "resnet18" and opts.get("input_size", h) != h:  # resnet18 pools globally
-        raise ValueError(f"model option input_size={opts['input_size']!r} does not match the {info.name} images ({h}x{_w})")
-    opts.setdefault("input_size", h)
-    model = build_model(spec.model, info.num_classes, c, **opts).to(dev)
+    model, opts = build_run_model(spec, info, x_tr[:1], y_tr)
+    model = model.to(dev)
     monitor = build_monitor(spec)
     ensure_writable_dir(run)  # a read-only or unwritable --out fails here, before any training
     if not resume and rank == 0:
@@ -202,6 +281,8 @@ def _offline_run(spec: RunSpec, run: Path, config: TrainConfig, train_data, test
     dev = train_data[0].device
 
     def make_model():
+        if ":" in spec.model or spec.init_from or spec.freeze:
+            return build_run_model(spec, info, train_data[0][:1], train_data[1])[0].to(dev)
         return build_model(spec.model, info.num_classes, c, **opts).to(dev)
 
     model, metrics = offline_retraining(make_model, train_data, test_data, config, run_dir=run, metadata=metadata,
