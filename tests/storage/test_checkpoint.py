@@ -215,3 +215,21 @@ def test_json_records_are_checked_for_format_and_version(tmp_path):
     (run / "model.json").write_text(json.dumps([meta]))
     with pytest.raises(CheckpointError, match="not a robustlab model record"):
         load_model(run)
+
+
+def test_a_safetensors_file_whose_header_length_starts_with_0x80_loads(tmp_path):
+    """The first 8 bytes of a safetensors file are its header length (little endian): a length of
+    0x..80 starts the file with the pickle protocol byte. Such a file is valid and must load (it
+    was refused as a pickle when the first byte was checked before trying to load)."""
+    from safetensors.torch import save_file
+
+    from robustlab.storage import read_safetensors
+
+    for pad in range(300):  # some metadata length gives a header length with low byte 0x80
+        path = tmp_path / "w.safetensors"
+        save_file({"w": torch.zeros(2)}, str(path), metadata={"pad": "x" * pad})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.fail("no header length with low byte 0x80 in 300 tries")
+    assert torch.equal(read_safetensors(path)["w"], torch.zeros(2))

@@ -128,13 +128,17 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
-    with open(path, "rb") as f:
-        head = f.read(2)
-    if head[:1] == b"\x80" or head == b"PK":
-        raise CheckpointError(f"{path} looks like a pickle / torch.save file; robustlab never unpickles. Convert it to safetensors")
     try:
-        return load_file(str(path))
+        return load_file(str(path))  # never unpickles, whatever the file holds
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        # Only now look at the first bytes, to say what the file probably is: a valid safetensors
+        # header length can start with 0x80 too (about one file in 256), so this is no pre-check.
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head[:1] == b"\x80" or head == b"PK":
+            raise CheckpointError(
+                f"{path} looks like a pickle / torch.save file; robustlab never unpickles. Convert it to safetensors"
+            ) from None
         raise CheckpointError(f"{path} is not a valid safetensors file ({e})") from None
 
 
