@@ -12,7 +12,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -35,6 +35,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def launched_by_torchrun() -> bool:
+    """True inside a multi-process torchrun worker (WORLD_SIZE > 1 and RANK set)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
@@ -52,7 +53,22 @@ def init_from_env(device: torch.device, timeout_s: float | None = None) -> torch
         backend = "nccl"
     else:
         backend = "gloo"
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout))
+    td = datetime.timedelta(seconds=timeout)
+    shared_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    one_agent = os.environ.get("GROUP_WORLD_SIZE", "1") == "1"
+    if shared_store and one_agent and restart_count() > 0:
+        # torchrun >= 2.4 hands every attempt the agent's TCPStore, keys of the failed attempt
+        # included: a restarted gloo/nccl group would read its dead predecessors' addresses and time
+        # out connecting (pytorch/pytorch#135712). With one agent the restart count is the same on
+        # every worker, so it isolates the attempts.
+        store, rank, world = next(dist.rendezvous("env://", timeout=td))
+        store = dist.PrefixStore(f"robustlab/attempt_{restart_count()}", store)
+        dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world, timeout=td)
+    else:
+        dist.init_process_group(backend=backend, timeout=td)
+    if shared_store and not one_agent and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 and dist.get_rank() == 0:
+        print("robustlab: several torchrun agents with --max-restarts: start them with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
+              "so that a restarted worker group gets a fresh store (pytorch/pytorch#135712)", file=sys.stderr)
     return device
 
 
@@ -70,7 +86,43 @@ def wrap(model: nn.Module, device: torch.device, sync_batchnorm: bool = False) -
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
+def restart_count() -> int:
+    """How often this node's torchrun agent has restarted its workers (``--max-restarts N``): env
+    TORCHELASTIC_RESTART_COUNT, 0 on the first attempt and outside torchrun. With several agents
+    it is per agent: an agent restarts its healthy workers without counting it, so reduce it over
+    the ranks (:func:`any_rank`) to decide anything."""
+    try:
+        return max(0, int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))
+    except ValueError:
+        return 0
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True when ``flag`` is true on any rank (a collective: every rank must call it at the same
+    point). Used so that all ranks agree to stop at the same step after a signal."""
+    _, world = dist_info()
+    if world == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def gather_rng_states(device: torch.device) -> torch.Tensor | None:
+    """Every rank's CPU RNG state, stacked as a (world, n) uint8 tensor on the CPU (None outside a
+    group). A collective: every rank must call it at the same point. The ranks' generators drift
+    apart (shards of unequal size draw different amounts), so a bit-identical resume needs all of them."""
+    _, world = dist_info()
+    if world == 1:
+        return None
+    mine = torch.get_rng_state().to(device)
+    parts = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(parts, mine)
+    return torch.stack([p.cpu() for p in parts])
+
+
 def sum_across_ranks(value: float, device: torch.device) -> float:
+    """``value`` summed over all ranks (a collective)."""
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t.item())
@@ -107,6 +159,7 @@ def relaunch(nproc: int, argv: Sequence[str]) -> int:
 
 
 def shutdown() -> None:
+    """Leave the process group (no-op outside one)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

@@ -4,7 +4,13 @@ Objectives plug in (see :mod:`.objectives`); the loop never changes for a new de
 epoch it records clean test accuracy (and, when given a monitor attack, adversarial accuracy on
 a fixed test subset) to ``history.jsonl``, saves the model, and saves one atomic training-state
 file, so a run killed at any point resumes from its last finished epoch and ends with the same
-weights as an uninterrupted run.
+weights as an uninterrupted run. ``TrainConfig.checkpoint_every`` adds mid-epoch states every N
+optimiser steps (a kill -9 then loses at most N steps), written by the same code that saves the
+state on SIGINT/SIGTERM.
+
+Under torch.distributed every checkpoint is taken at a step all ranks agree on (a deterministic
+function of the step count, or a stop request reduced over the ranks), rank 0 writes it, and it
+holds every rank's RNG state, so a distributed resume is bit-identical too (on CPU).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._torch import predict
-from ..distributed import average_buffers, dist_info, sum_across_ranks, unwrap
+from ..distributed import any_rank, average_buffers, dist_info, gather_rng_states, sum_across_ranks, unwrap
 from ..storage import atomic_write_json, atomic_write_text, load_state, remove_stale_temp_files, save_model, save_state
 from ..storage.layout import HISTORY_FILE, METRICS_FILE, STATE_FILE, read_json
 from .objectives import Objective
@@ -49,6 +55,7 @@ class TrainConfig:
     progress: bool = True
     monitor_n: int = 500
     sync_batchnorm: bool = False
+    checkpoint_every: int = 0  # also save the training state every N optimiser steps (0: epoch ends only)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -61,6 +68,8 @@ class TrainConfig:
             raise ValueError(f"momentum must be a finite number >= 0, got {self.momentum}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (0: checkpoints at epoch ends only), got {self.checkpoint_every}")
         if self.monitor_n < 1:
             raise ValueError(f"monitor_n must be >= 1 (the monitor attack's test images), got {self.monitor_n}")
         if self.optimizer not in OPTIMIZERS:
@@ -133,6 +142,8 @@ def sharded_accuracy(
 
 @dataclass
 class TrainResult:
+    """The history lines of all epochs (resumed ones included) and the epoch a resume started at."""
+
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from_epoch: int = 0
 
@@ -163,7 +174,8 @@ def train(
 
     ``train_data``/``test_data`` are (x, y) tensors already on the model's device. With a
     ``run_dir`` the model, ``history.jsonl`` and a training state are written atomically after
-    every epoch; ``resume=True`` continues from that state. ``monitor_attack`` (an Attack) adds
+    every epoch (and the state every ``config.checkpoint_every`` steps); ``resume=True`` continues
+    from that state. ``monitor_attack`` (an Attack) adds
     an adversarial accuracy on the first ``config.monitor_n`` test images to each history line.
     """
     x_train, y_train = train_data
@@ -191,7 +203,9 @@ def train(
         opt.load_state_dict(state["optimizer"])
         if sched is not None and state.get("scheduler") is not None:
             sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        rngs = state.get("rng_ranks")  # every rank's generator (distributed runs); else rank 0's
+        same_world = isinstance(rngs, torch.Tensor) and rngs.dim() == 2 and len(rngs) == world
+        torch.set_rng_state(rngs[rank].clone() if same_world else state["rng"])
         history = list(state["history"])
         start_epoch = int(state["epoch"])
         start_batch = int(state.get("batch", 0))  # > 0: the run was interrupted mid-epoch
@@ -216,10 +230,12 @@ def train(
             if config.progress and rank == 0:
                 shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in line.items() if k != "adv_attack")
                 tqdm.write(shown)
-            if run is not None and rank == 0:
-                _write_epoch(run, model, opt, sched, epoch + 1, history, config, objective, metadata)
-            if stop.signum is not None:  # a signal arrived during evaluation: the epoch is saved, stop here
-                raise TrainingInterrupted(stop.signum, run)
+            if run is not None:
+                rngs = gather_rng_states(x_train.device)  # a collective: on every rank
+                if rank == 0:
+                    _write_epoch(run, model, opt, sched, epoch + 1, history, config, objective, metadata, rngs)
+            if any_rank(stop.signum is not None, x_train.device):  # a signal during evaluation: the epoch is saved
+                raise TrainingInterrupted(stop.signum or signal.SIGTERM, run)
     return TrainResult(history=history, resumed_from_epoch=start_epoch)
 
 
@@ -251,7 +267,8 @@ def _train_epoch(model, objective, opt, sched, x_train, y_train, config: TrainCo
                  steps_per_epoch: int, logs_acc: dict[str, torch.Tensor], stop: _StopFlag, run: Path | None,
                  history: list[dict[str, Any]]) -> dict[str, Any]:
     """One epoch of optimiser steps from batch ``first``; returns the epoch's history line (without
-    evaluation). On SIGINT/SIGTERM it saves a mid-epoch state and raises TrainingInterrupted."""
+    evaluation). Every ``config.checkpoint_every`` global steps it saves a mid-epoch state; on
+    SIGINT/SIGTERM (on any rank) it saves one and raises TrainingInterrupted."""
     rank, world = dist_info()
     t0 = time.perf_counter()
     model.train()
@@ -289,12 +306,20 @@ def _train_epoch(model, objective, opt, sched, x_train, y_train, config: TrainCo
             logs_acc[k] = logs_acc.get(k, 0) + v
         if config.progress and b % 20 == 0:
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        if stop.signum is not None:
-            bar.close()
-            if run is not None and rank == 0:
+        # All ranks agree on the step: a stop request is reduced over the ranks, and the periodic
+        # checkpoint is a function of the global step count (at an epoch's last step the epoch
+        # checkpoint follows instead).
+        stopping = any_rank(stop.signum is not None, x_train.device)
+        step = epoch * steps_per_epoch + b + 1
+        due = config.checkpoint_every > 0 and step % config.checkpoint_every == 0 and b + 1 < steps_per_epoch
+        if run is not None and (stopping or due):
+            rngs = gather_rng_states(x_train.device)  # a collective: on every rank
+            if rank == 0:
                 _write_state(run, model, opt, sched, epoch, history, config, batch=b + 1,
-                             partial_logs={k: v.detach().cpu() for k, v in logs_acc.items()})
-            raise TrainingInterrupted(stop.signum, run)
+                             partial_logs={k: v.detach().cpu() for k, v in logs_acc.items()}, rng_ranks=rngs)
+        if stopping:
+            bar.close()
+            raise TrainingInterrupted(stop.signum or signal.SIGTERM, run)
     bar.close()
     average_buffers(model)
     sums = {f"train_{k}": float(v) / steps_per_epoch for k, v in logs_acc.items()}
@@ -337,7 +362,8 @@ class _StopFlag:
                 signal.signal(s, h)
 
 
-def _write_epoch(run: Path, model: nn.Module, opt, sched, epoch: int, history, config: TrainConfig, objective, metadata) -> None:
+def _write_epoch(run: Path, model: nn.Module, opt, sched, epoch: int, history, config: TrainConfig, objective, metadata,
+                 rng_ranks: torch.Tensor | None = None) -> None:
     """Model, history and training state for one finished epoch. The state file is written last:
     it is the commit point that ``resume`` trusts; model and history are derived from it."""
     inner = unwrap(model)
@@ -345,16 +371,19 @@ def _write_epoch(run: Path, model: nn.Module, opt, sched, epoch: int, history, c
     meta.update({"training": config.to_dict(), "objective": objective.config(), "epoch": epoch, "last": history[-1]})
     save_model(inner, run, **meta)
     atomic_write_text(run / HISTORY_FILE, "".join(json.dumps(h, sort_keys=True) + "\n" for h in history))
-    _write_state(run, model, opt, sched, epoch, history, config)
+    _write_state(run, model, opt, sched, epoch, history, config, rng_ranks=rng_ranks)
 
 
 def _write_state(run: Path, model: nn.Module, opt, sched, epoch: int, history, config: TrainConfig, batch: int = 0,
-                 partial_logs: dict[str, torch.Tensor] | None = None) -> None:
+                 partial_logs: dict[str, torch.Tensor] | None = None, rng_ranks: torch.Tensor | None = None) -> None:
     """The single atomic file ``resume`` trusts: ``epoch`` finished epochs plus ``batch`` steps of
-    the next one (0 at an epoch boundary)."""
+    the next one (0 at an epoch boundary). ``rng_ranks``: every rank's RNG state (distributed runs;
+    ``rng`` is this process's, rank 0's there)."""
+    extra = {"rng_ranks": rng_ranks} if rng_ranks is not None else {}
     save_state(
         run / STATE_FILE,
         {
+            **extra,
             "epoch": epoch,
             "batch": batch,
             "partial_logs": partial_logs or {},
