@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .._torch import check_float, model_guard
+from .._torch import check_float, check_int, model_guard
 from ..threat import ThreatModel
 from ..validation import check_images, check_labels, check_logits, check_same_device
 from .losses import LossFn, get_loss
@@ -107,6 +107,12 @@ class Attack(ABC):
             global generator.
         early_stop: stop attacking a sample as soon as it is misclassified (for fixed-budget
             robust-accuracy evaluation; it changes nothing about the accuracy, only the cost).
+        eot: Expectation over Transformation (Athalye et al. 2018) for randomised models: every
+            gradient, loss and logit the attack uses is the average over ``eot`` forward(+backward)
+            passes of the same input, and so is every success decision it makes (a point counts as
+            adversarial when the prediction of the averaged logits is). 1 (default): one pass, the
+            plain attack. Cost scales by ``eot``. Only meaningful for models whose forward is
+            random in eval mode (input noise, random resizing, dropout left on).
     """
 
     name: str = "attack"
@@ -117,6 +123,15 @@ class Attack(ABC):
     #: ``.view`` on feature maps, falls back to the default layout), ``True`` or ``False``.
     #: The returned examples keep the input's layout either way; the model is left as found.
     channels_last: bool | None = None
+    #: EOT draws per gradient / logit evaluation (see ``eot`` below); 1 for attacks without it.
+    eot: int = 1
+    _early_stop: bool = False
+    #: A minimum-norm attack (CW, FAB): its ``steps`` drive a search for the closest example, not
+    #: a fixed-budget ascent, so robust accuracy vs its steps is no convergence evidence.
+    minimum_norm: bool = False
+    #: The threat-model norms the attack supports; any other is refused with a ValueError at
+    #: construction (an attack must opt in to L1, whose geometry Linf/L2 code gets wrong).
+    norms: tuple[str, ...] = ("linf", "l2")
 
     def __init__(
         self,
@@ -126,15 +141,34 @@ class Attack(ABC):
         eval_mode: bool = True,
         seed: int | None = None,
         early_stop: bool = False,
+        eot: int = 1,
     ) -> None:
         if not isinstance(threat, ThreatModel):
             raise ValueError(f"threat must be a robustlab.ThreatModel, got {type(threat).__name__}")
+        if threat.norm not in self.norms:
+            raise ValueError(
+                f"{type(self).__name__} does not support the {threat.norm} threat model "
+                f"(supported: {', '.join(self.norms)})"
+            )
         self.threat = threat
         self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
         self.loss_fn = get_loss(loss)
         self.eval_mode = bool(eval_mode)
         self.seed = seed
-        self.early_stop = bool(early_stop)
+        self.eot = check_int("eot", eot, 1)
+        self.early_stop = early_stop
+
+    @property
+    def early_stop(self) -> bool:
+        """Stop attacking a sample once it is misclassified; always False with ``eot > 1``: a
+        randomised model misclassifies with some probability, so freezing a sample at its first
+        success would return a point just across the (averaged) boundary, which fresh draws
+        often classify correctly. The attack then keeps its best point over the full budget."""
+        return self._early_stop and self.eot == 1
+
+    @early_stop.setter
+    def early_stop(self, value: bool) -> None:
+        self._early_stop = bool(value)
 
     def __repr__(self) -> str:
         t = self.threat
@@ -173,14 +207,14 @@ class Attack(ABC):
                 # With labels given, one sample suffices to learn the number of classes.
                 try:
                     probe = xw if y is None else xw[:1]
-                    out = model(probe)
+                    out = self._logits(model, probe)
                 except RuntimeError:
                     if not use_cl or self.channels_last:
                         raise
                     layout.close()  # auto mode: this model needs the default layout
                     use_cl, xw = False, x0
                     probe = xw if y is None else xw[:1]
-                    out = model(probe)
+                    out = self._logits(model, probe)
                 logits = check_logits(out, probe.shape[0])
             y = attack_labels(logits, x0.shape[0], y, target)
             generator = self._generator(x0.device)
@@ -204,7 +238,7 @@ class Attack(ABC):
                 )
             if measure and (success is None or not torch.equal(projected, x_adv)):
                 with torch.no_grad():
-                    success = is_adversarial(model(projected), y, target)
+                    success = is_adversarial(self._logits(model, projected), y, target)
             x_adv = projected.contiguous(memory_format=torch.contiguous_format) if use_cl else projected
         return x_adv, (success if measure else None), self.threat.distance(x_adv, x0), queries
 
@@ -251,6 +285,16 @@ class Attack(ABC):
         g.manual_seed(int(self.seed))
         return g
 
+    def _logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The model's logits for ``x`` (call under ``torch.no_grad()``): one forward pass, or with
+        ``eot > 1`` the average over ``eot`` passes (the expected logits of a randomised model)."""
+        logits = model(x)
+        if self.eot == 1:
+            return logits
+        for _ in range(self.eot - 1):
+            logits = logits + model(x)
+        return logits / self.eot
+
     def _loss_and_grad(
         self,
         model: nn.Module,
@@ -261,13 +305,28 @@ class Attack(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One forward+backward: per-sample loss (``loss_fn``, default the attack's), its input
         gradient, and the logits (detached), so the same pass serves the update and the success
-        check."""
+        check. With ``eot > 1`` all three are averages over ``eot`` forward+backward passes (EOT);
+        each pass holds its own graph only until its backward, so memory does not grow."""
+        fn = self.loss_fn if loss_fn is None else loss_fn
         x_adv = x_adv.detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = model(x_adv)
-            loss = (self.loss_fn if loss_fn is None else loss_fn)(logits, y, target)
-            (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-        return loss.detach(), grad.detach(), logits.detach()
+        loss, grad, logits = _forward_backward(model, x_adv, y, target, fn)
+        if self.eot == 1:
+            return loss, grad, logits
+        for _ in range(self.eot - 1):
+            more = _forward_backward(model, x_adv, y, target, fn)
+            loss, grad, logits = loss + more[0], grad + more[1], logits + more[2]
+        return loss / self.eot, grad / self.eot, logits / self.eot
+
+
+def _forward_backward(
+    model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, loss_fn: LossFn
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward+backward at the leaf ``x_adv``: detached per-sample loss, input gradient, logits."""
+    with torch.enable_grad():
+        logits = model(x_adv)
+        loss = loss_fn(logits, y, target)
+        (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+    return loss.detach(), grad.detach(), logits.detach()
 
 
 def resolve_step_size(step_size: float | None, rel_step_size: float | None, eps: float, default_rel: float) -> float:

@@ -31,7 +31,7 @@ from .._torch import check_float, check_int, model_guard, per_sample
 from ..threat import ThreatModel
 from ..validation import check_logits
 from .base import Attack, AttackResult, attack_labels, is_adversarial
-from .losses import margin
+from .losses import LossFn, margin
 
 
 class CW(Attack):
@@ -47,9 +47,12 @@ class CW(Attack):
         abort_early: stop a round when the objective has not improved for ``steps // 10``
             iterations (a host sync every ``steps // 10`` iterations).
         eval_mode, seed: see :class:`~robustlab.attacks.base.Attack` (the attack is deterministic).
+        eot: average the gradient of ``f`` (and the logits that decide success) over this many
+            forward+backward passes (EOT, for randomised models; 1 = plain CW).
     """
 
     name = "cw"
+    minimum_norm = True
 
     def __init__(
         self,
@@ -62,8 +65,9 @@ class CW(Attack):
         abort_early: bool = True,
         eval_mode: bool = True,
         seed: int | None = None,
+        eot: int = 1,
     ) -> None:
-        super().__init__(threat, loss="margin", eval_mode=eval_mode, seed=seed)
+        super().__init__(threat, loss="margin", eval_mode=eval_mode, seed=seed, eot=eot)
         self.steps = check_int("steps", steps, 1)
         self.lr = check_float("lr", lr, 0.0, strict=True)
         self.confidence = check_float("confidence", confidence, 0.0)
@@ -91,12 +95,12 @@ class CW(Attack):
         x0 = self._checked_copy(model, x, y, target)
         with model_guard(model, self.eval_mode):
             with torch.no_grad():
-                logits = check_logits(model(x0), x0.shape[0])
+                logits = check_logits(self._logits(model, x0), x0.shape[0])
             y = attack_labels(logits, x0.shape[0], y, target)
             x_best, const = self._search(model, x0, y, target)
             x_best = self.threat.clip_bounds(x_best.detach())
             with torch.no_grad():
-                success = is_adversarial(model(x_best), y, target)
+                success = is_adversarial(self._logits(model, x_best), y, target)
         return AttackResult(
             x_adv=x_best,
             success=success,
@@ -135,7 +139,7 @@ class CW(Attack):
         best_x = x.clone()
         best_l2 = torch.full((n,), float("inf"), dtype=dt, device=dev)
         with torch.no_grad():
-            already = self._found(model(x), y, target)  # distance 0: keep x itself
+            already = self._found(self._logits(model, x), y, target)  # distance 0: keep x itself
         best_l2 = torch.where(already, torch.zeros_like(best_l2), best_l2)
 
         const = torch.full((n,), self.initial_const, dtype=dt, device=dev)
@@ -144,6 +148,7 @@ class CW(Attack):
         patience = max(1, self.steps // 10)
 
         for _ in range(self.binary_search_steps):
+            weighted_f = self._weighted_f(const)
             delta = torch.zeros_like(w0, requires_grad=True)
             opt = torch.optim.Adam([delta], lr=self.lr)
             found = torch.zeros(n, dtype=torch.bool, device=dev)
@@ -151,12 +156,14 @@ class CW(Attack):
             for it in range(self.steps):
                 with torch.enable_grad():
                     xa = to_x(w0 + delta)
-                    logits = model(xa)
                     l2sq = (xa - x).flatten(1).pow(2).sum(dim=1)
-                    f = (-margin(logits, y, target)).clamp_min(-self.confidence)
-                    objective = (l2sq + const * f).sum()
+                # c * f and its input gradient through the shared (EOT-aware) gradient path; the
+                # chain rule through tanh then adds the distance term's gradient
+                cf, grad_cf, logits = self._loss_and_grad(model, xa, y, target, weighted_f)
+                with torch.enable_grad():
+                    objective = (l2sq + cf).sum()
                     opt.zero_grad(set_to_none=True)
-                    objective.backward()
+                    (l2sq.sum() + (xa * grad_cf).sum()).backward()
                 opt.step()
                 with torch.no_grad():
                     ok = self._found(logits.detach(), y, target)
@@ -176,3 +183,11 @@ class CW(Attack):
             bounded = upper < 1e9
             const = torch.where(bounded, (lower + upper) / 2, const * 10)
         return best_x, const
+
+    def _weighted_f(self, const: torch.Tensor) -> LossFn:
+        """The per-sample loss ``c * f(logits)`` the attack minimises besides the distance."""
+
+        def loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+            return const * (-margin(logits, y, target)).clamp_min(-self.confidence)
+
+        return loss

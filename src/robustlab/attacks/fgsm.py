@@ -24,6 +24,9 @@ class FGSM(Attack):
     Untargeted, the loss (CE by default) of the true label is ascended. Targeted (``target=``
     given), :func:`~robustlab.attacks.losses.cross_entropy` returns ``-CE(target)``, so the step
     is ``x - eps * sign(grad_x CE(target))``: one step toward the target class.
+
+    ``eot=N`` averages the gradient over N forward+backward passes (randomised models; see
+    :class:`~robustlab.attacks.base.Attack`).
     """
 
     name = "fgsm"
@@ -35,8 +38,9 @@ class FGSM(Attack):
         *,
         eval_mode: bool = True,
         seed: int | None = None,
+        eot: int = 1,
     ) -> None:
-        super().__init__(threat, loss=loss, eval_mode=eval_mode, seed=seed)
+        super().__init__(threat, loss=loss, eval_mode=eval_mode, seed=seed, eot=eot)
 
     def _attack(
         self,

@@ -17,7 +17,8 @@ class MIM(PGD):
 
     Defaults follow the paper: 10 steps of ``eps / steps`` (``rel_step_size = 1 / steps``),
     ``decay = 1.0``, no random start. Restarts, early stop and best-point tracking behave as in
-    :class:`~robustlab.attacks.pgd.PGD`; the momentum is reset at every restart.
+    :class:`~robustlab.attacks.pgd.PGD`; the momentum is reset at every restart. ``eot=N``
+    averages every gradient over N passes (randomised models).
     """
 
     name = "mim"
@@ -36,6 +37,7 @@ class MIM(PGD):
         early_stop: bool = False,
         eval_mode: bool = True,
         seed: int | None = None,
+        eot: int = 1,
     ) -> None:
         self.decay = check_float("decay", decay, 0.0)
         super().__init__(
@@ -49,6 +51,7 @@ class MIM(PGD):
             early_stop=early_stop,
             eval_mode=eval_mode,
             seed=seed,
+            eot=eot,
         )
 
     def __repr__(self) -> str:

@@ -9,6 +9,10 @@ Every check returns a plain dict::
 =====================  =========================================================================
 softmax-output         the model returns probabilities instead of logits (WARN: CE on
                        probabilities has flat gradients)
+randomised             repeated forward passes of the same input in eval mode give different
+                       logits (WARN: single-draw gradients mislead; evaluate with
+                       ``--suite autoattack-rand`` or attacks with ``eot=20``) unless the
+                       evaluation's gradient attacks already average over >= 10 draws
 gradients              input gradients of CE at the clean points are zero or NaN for more than
                        ``tol`` of the correctly classified samples
 eps-monotonic          robust accuracy does not grow with eps (more than ``tol``); PGD at 0.5x,
@@ -95,6 +99,70 @@ def _big_eps(threat: ThreatModel, x: torch.Tensor) -> float:
 
 
 # --- individual checks ---------------------------------------------------------------------
+#: EOT draws from which gradient attacks count as prepared for a randomised model.
+EOT_MIN = 10
+
+
+def check_randomised(
+    model: nn.Module,
+    x: torch.Tensor,
+    draws: int = 4,
+    samples: int = 256,
+    eot: int | None = None,
+    batch_size: int = 500,
+) -> dict[str, Any]:
+    """WARN if the model is randomised: ``draws`` forward passes of the first ``samples`` inputs
+    (eval mode) give logits that differ by more than 1e-5 of a row's L2 norm (AutoAttack's
+    check_randomized, with more draws). ``eot``: the fewest EOT draws any gradient attack of the
+    evaluation used; from :data:`EOT_MIN` on, a randomised model passes (the evaluation already
+    averages over its randomness)."""
+    draws = max(2, int(draws))
+    xs = x[: max(1, int(samples))]
+    with torch.no_grad(), model_guard(model):
+        outs = [
+            torch.cat([model(xs[i : i + batch_size]) for i in range(0, len(xs), batch_size)]).double()
+            for _ in range(draws)
+        ]
+    ref = outs[0]
+    scale = ref.norm(dim=1).clamp_min(1e-12)
+    rel = torch.stack([((o - ref).abs().amax(1) / scale) for o in outs[1:]]).amax(0)
+    rel = torch.nan_to_num(rel, nan=float("inf"))
+    differs = float((rel > 1e-5).float().mean())
+    preds = torch.stack([o.argmax(1) for o in outs])
+    flips = float((preds != preds[:1]).any(0).float().mean())
+    randomised = differs > 0
+    used = int(eot) if eot is not None else None
+    ok = not randomised or (used is not None and used >= EOT_MIN)
+    if not randomised:
+        ev = f"{draws} forward passes of {len(xs)} inputs give identical logits: the model is deterministic"
+    else:
+        ev = (
+            f"{draws} forward passes of the same {len(xs)} inputs (eval mode) give different logits on "
+            f"{_pct(differs)} of them (largest change {float(rel.max()):.3g} of the logits' norm; the "
+            f"prediction changes on {_pct(flips)}): the model is randomised"
+        )
+        if ok:
+            ev += f", and the gradient attacks average over {used} draws (EOT)"
+        else:
+            few = f"average over only {used} draws" if used and used > 1 else "use one draw per gradient"
+            ev += (
+                f" and the gradient attacks {few}: single-draw gradients overestimate robustness; evaluate "
+                "with --suite autoattack-rand (APGD-CE and APGD-DLR with EOT over 20 draws) or give the "
+                "attacks eot=20 (--eot)"
+            )
+    return _check(
+        "randomised",
+        ok,
+        ev,
+        draws=draws,
+        samples=len(xs),
+        differing_fraction=differs,
+        max_relative_change=float(rel.max()) if math.isfinite(float(rel.max())) else None,
+        prediction_change_fraction=flips,
+        attack_eot=used,
+    )
+
+
 def check_softmax_output(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> dict[str, Any]:
     """WARN if the model's outputs look like probabilities (rows >= 0 summing to 1)."""
     with torch.no_grad(), model_guard(model):
@@ -397,6 +465,7 @@ def run_checks(
     surrogate: nn.Module | None = None,
     whitebox_names: Sequence[str] | None = None,
     batch_size: int = 500,
+    whitebox_eot: int | None = None,
 ) -> list[dict[str, Any]]:
     """All checks on ``(x, y)`` at ``threat``.
 
@@ -404,7 +473,8 @@ def run_checks(
     white-box reference is the evaluation's own gradient attacks (see
     :func:`whitebox_robust_from_result`) and the eps curve is taken from
     ``result.extra["eps_curve"]`` when present; otherwise plain PGD-CE is the reference.
-    ``scale`` multiplies steps, queries and noise draws.
+    ``scale`` multiplies steps, queries and noise draws. ``whitebox_eot``: the fewest EOT draws
+    of the evaluation's gradient attacks (see :func:`check_randomised`).
     """
     check_images(x, threat)
     check_same_device(model, x=x, y=y)
@@ -419,7 +489,11 @@ def run_checks(
     if eps_curve is None and result is not None:
         eps_curve = result.extra.get("eps_curve")
 
-    checks = [check_softmax_output(model, x, batch_size), check_gradients(model, x, y, tol, batch_size)]
+    checks = [
+        check_softmax_output(model, x, batch_size),
+        check_randomised(model, x, eot=whitebox_eot, batch_size=batch_size),
+        check_gradients(model, x, y, tol, batch_size),
+    ]
     mono, base_robust = _eps_monotonic(model, x, y, threat, eps_curve, s, tol, batch_size)
     checks.append(mono)
     checks.append(check_large_eps(model, x, y, threat, s, batch_size=batch_size))
@@ -454,6 +528,7 @@ def format_checks(checks: Sequence[dict[str, Any]]) -> str:
 
 __all__ = [
     "BLACKBOX_PREFIXES",
+    "EOT_MIN",
     "PASS",
     "WARN",
     "check_blackbox",
@@ -462,6 +537,7 @@ __all__ = [
     "check_large_eps",
     "check_more_iterations",
     "check_noise",
+    "check_randomised",
     "check_softmax_output",
     "format_checks",
     "run_checks",

@@ -4,6 +4,11 @@ Both are standard evidence in a robustness claim: accuracy must fall with eps (t
 enough one) and must have converged in the number of iterations (a curve still falling at the
 reported step count means the number is an overestimate). Points are plain dicts, ready for
 ``metrics.json`` (``eps_curve`` / ``iterations_curve``) and :mod:`robustlab.report`.
+
+The iterations curve runs one named fixed-budget gradient attack (:func:`curve_attacks`);
+:func:`iterations_attack_for` picks it for an evaluation: the one such attack among the
+evaluation's attacks, APGD for a suite, and a ValueError when there are several or none (the
+curve never silently measures another attack than the evaluation's).
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ..attacks.apgd import APGD
+from ..attacks import ATTACKS, attack_options, build_attack
 from ..attacks.base import Attack
-from ..attacks.pgd import PGD
+from ..registry import lookup
 from .evaluate import evaluate
 from ..threat import ThreatModel
 
@@ -69,6 +74,37 @@ def eps_curve(
     return out
 
 
+def curve_attacks() -> list[str]:
+    """Registered attacks an iterations curve can run: gradient attacks with a ``steps`` budget
+    that are not minimum-norm searches (today apgd, mim, pgd)."""
+    return sorted(
+        name
+        for name, cls in ATTACKS.items()
+        if cls.uses_gradients and not cls.minimum_norm and "steps" in (attack_options(cls) or [])
+    )
+
+
+def iterations_attack_for(attacks: Sequence[str] | None) -> str:
+    """The attack of the iterations curve for an evaluation with ``attacks`` (registered names):
+    the one curve-capable attack among them (see :func:`curve_attacks`), or ``"apgd"`` (APGD-CE)
+    when ``attacks`` is None (a suite). ValueError when they hold several or none."""
+    if attacks is None:
+        return "apgd"
+    keys = [lookup(ATTACKS, a, "attack")[0] for a in attacks if str(a).strip()]
+    iterative = sorted(set(keys) & set(curve_attacks()))
+    if len(iterative) == 1:
+        return iterative[0]
+    if iterative:
+        raise ValueError(
+            f"the iterations curve runs one attack, but the attacks hold {len(iterative)} iterative ones "
+            f"({', '.join(iterative)}): evaluate the curve with one of them"
+        )
+    raise ValueError(
+        f"the iterations curve needs an iterative attack ({', '.join(curve_attacks())}) among the attacks, "
+        f"got {', '.join(keys) or 'none'}"
+    )
+
+
 def iterations_curve(
     model: nn.Module,
     x: torch.Tensor,
@@ -79,24 +115,27 @@ def iterations_curve(
     loss: str = "ce",
     restarts: int = 1,
     seed: int = 0,
+    options: dict[str, Any] | None = None,
     **evaluate_kwargs: Any,
 ) -> list[dict[str, Any]]:
-    """Robust accuracy of one attack (``"apgd"`` or ``"pgd"``, default step sizes) at each step
-    count of ``steps_list``, each run from scratch with the same seed.
+    """Robust accuracy of one attack (a name of :func:`curve_attacks`, e.g. ``"apgd"``, ``"pgd"``,
+    ``"mim"``; default step sizes) at each step count of ``steps_list``, each run from scratch
+    with the same seed. ``options``: more options for the attack (e.g. ``{"eot": 20}``).
 
-    Returns ``[{"steps", "robust_accuracy", "clean_accuracy", "per_attack", "seconds"}, ...]``.
+    Returns ``[{"steps", "robust_accuracy", "clean_accuracy", "per_attack", "seconds"}, ...]``;
+    ``per_attack`` names the attack.
     """
-    kind = str(attack).lower()
-    if kind not in ("apgd", "pgd"):
-        raise ValueError(f"attack must be 'apgd' or 'pgd', got {attack!r}")
+    kind = str(attack).strip().lower()
+    if kind not in curve_attacks():
+        raise ValueError(f"attack must be one of {', '.join(curve_attacks())} for an iterations curve, got {attack!r}")
     if len(steps_list) == 0:
         raise ValueError("steps_list is empty")
+    allowed = attack_options(ATTACKS[kind]) or []
+    base = {k: v for k, v in (("restarts", restarts), ("loss", loss), ("seed", seed)) if k in allowed}
+    base.update(options or {})
     out = []
     for steps in steps_list:
-        if kind == "apgd":
-            a: Attack = APGD(threat, steps=int(steps), restarts=restarts, loss=loss, seed=seed)
-        else:
-            a = PGD(threat, steps=int(steps), restarts=restarts, loss=loss, seed=seed)
+        a: Attack = build_attack(kind, threat, steps=int(steps), **base)
         t0 = time.perf_counter()
         res = evaluate(model, x, y, threat, [a], **evaluate_kwargs)
         out.append(
@@ -116,9 +155,14 @@ def iterations_metrics(
     attack: str = "apgd", loss: str = "ce", **kwargs: Any,
 ) -> dict[str, Any]:
     """The keys of a run's metrics.json for :func:`iterations_curve`: the curve and which attack
-    at which budget made it."""
+    at which budget made it (``"iterations_attack"``, e.g. ``"pgd-ce, linf eps=0.1"``; EOT draws
+    appended when ``options`` sets ``eot``). Pick ``attack`` with :func:`iterations_attack_for`."""
     curve = iterations_curve(model, x, y, threat, steps_list, attack=attack, loss=loss, **kwargs)
-    return {"iterations_curve": curve, "iterations_attack": f"{attack}-{loss}, {threat.norm} eps={threat.eps:g}"}
+    label = f"{str(attack).strip().lower()}-{loss}, {threat.norm} eps={threat.eps:g}"
+    eot = (kwargs.get("options") or {}).get("eot", 1)
+    if eot != 1:
+        label += f", eot={eot}"
+    return {"iterations_curve": curve, "iterations_attack": label}
 
 
-__all__ = ["eps_curve", "iterations_curve", "iterations_metrics"]
+__all__ = ["curve_attacks", "eps_curve", "iterations_attack_for", "iterations_curve", "iterations_metrics"]

@@ -1,0 +1,164 @@
+"""EOT on a randomised model: robustlab's PGD, PGD with eot=20 and the autoattack-rand suite against
+torchattacks' EOTPGD, on the same images.
+
+The model: a small CNN (16/32 channels) behind Gaussian input noise (sd 0.3) drawn inside its
+forward, in eval mode too (the issue's randomised defence), fast-adversarially trained (Wong et al.
+2020) on Fashion-MNIST through the noise (so the noise is part of the defence, as in RSE-style
+defences). ``--model PATH`` loads a robustlab model or run directory (e.g. the demo's fast-AT
+run) and puts the noise in front of it instead.
+
+Every attack gets the same images and Linf eps. Their examples are judged the same way: the
+accuracy of the noisy model on them, averaged over ``--judge-draws`` fresh noise draws (the
+expected single-draw accuracy; lower = stronger attack), with its standard error over draws.
+
+=====================  ==========================================================================
+pgd                    robustlab PGD, 50 steps of 2.5 eps / 50, random start, one draw per gradient
+pgd-eot20              the same with eot=20
+autoattack-rand        robustlab's suite: APGD-CE then APGD-DLR on the samples APGD-CE left
+                       (100 steps, 1 restart, EOT 20 each, as AutoAttack's version='rand');
+                       per sample APGD-CE's example where it succeeded, else APGD-DLR's (early
+                       stop is off under EOT)
+torchattacks EOTPGD    eot_iter=20, 50 steps of alpha = 2.5 eps / 50, random start
+=====================  ==========================================================================
+
+Default run: 200 test images; the attacks cost about 6,000 forward+backward passes of 200 images
+(autoattack-rand 4,000 of them). Measured on 2 CPU cores shared at load ~9: training 242 s, PGD
+24 s, PGD eot=20 385 s, autoattack-rand 800 s -- far over 5 minutes there; use ``--n 50`` or a GPU
+for a quick look. Usage:
+    python benchmarks/eot_vs_torchattacks.py [--n 200] [--eps 0.1] [--sd 0.3] [--model PATH]
+        [--device cpu|cuda] [--threads 2] [--seed 0]           (needs torchattacks)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+from torch import nn
+
+from robustlab import ThreatModel
+from robustlab.attacks import PGD
+from robustlab.data import load_dataset
+from robustlab.evaluation.suites import build_suite
+
+
+class InputNoise(nn.Module):
+    """``inner(x + sd * N(0, 1))``, random in eval mode too."""
+
+    def __init__(self, inner: nn.Module, sd: float) -> None:
+        super().__init__()
+        self.inner, self.sd = inner, float(sd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x + self.sd * torch.randn_like(x))
+
+
+def fast_at_model(device: torch.device, eps: float, sd: float, train_limit: int, epochs: int) -> nn.Module:
+    """The demo's recipe, shortened and narrower: small CNN behind input noise ``sd``, fast-AT at
+    ``eps`` through the noise, one-cycle schedule. Returns the noisy model."""
+    from robustlab.models import build_model
+    from robustlab.training import TrainConfig, build_objective, train
+
+    x, y, _ = load_dataset("fashion-mnist", "train")
+    x, y = x[:train_limit].to(device), y[:train_limit].to(device)
+    torch.manual_seed(0)
+    model = InputNoise(build_model("small-cnn", 10, 1, channels=(16, 32), hidden=64), sd).to(device)
+    cfg = TrainConfig(epochs=epochs, batch_size=128, lr=3e-3, schedule="onecycle", seed=0, progress=False)
+    train(model, build_objective("fast-at", eps=eps), (x, y), None, cfg)
+    return model.eval()
+
+
+def judged(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, draws: int) -> tuple[float, float]:
+    """Accuracy averaged over ``draws`` noise draws, and its standard error over draws."""
+    with torch.no_grad():
+        accs = [float((model(x_adv).argmax(1) == y).float().mean()) for _ in range(draws)]
+    mean = sum(accs) / draws
+    sd = math.sqrt(sum((a - mean) ** 2 for a in accs) / max(draws - 1, 1))
+    return mean, sd / math.sqrt(draws)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=200, help="test images (default 200)")
+    p.add_argument("--eps", type=float, default=0.1)
+    p.add_argument("--sd", type=float, default=0.3, help="input-noise standard deviation")
+    p.add_argument("--steps", type=int, default=50, help="PGD / EOTPGD steps")
+    p.add_argument("--eot", type=int, default=20)
+    p.add_argument("--judge-draws", type=int, default=50)
+    p.add_argument("--model", default=None, help="a robustlab model file or run directory (default: train one)")
+    p.add_argument("--train-limit", type=int, default=10000)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    import torchattacks
+
+    torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    t0 = time.perf_counter()
+    if args.model:
+        from robustlab import load_model
+
+        model = InputNoise(load_model(args.model, map_location=dev), args.sd).eval()
+        source = f"{args.model} + Gaussian input noise sd={args.sd:g} in forward"
+    else:
+        model = fast_at_model(dev, args.eps, args.sd, args.train_limit, args.epochs).eval()
+        source = (f"small-cnn 16/32 behind Gaussian input noise sd={args.sd:g} in forward, fast-AT eps={args.eps:g} "
+                  f"through the noise, {args.epochs} epochs on {args.train_limit} Fashion-MNIST images")
+    train_s = time.perf_counter() - t0
+    x, y, _ = load_dataset("fashion-mnist", "test")
+    x, y = x[: args.n].to(dev), y[: args.n].to(dev)
+    threat = ThreatModel("linf", args.eps)
+    step = 2.5 * args.eps / args.steps
+
+    def pgd(eot: int):
+        return lambda: PGD(threat, steps=args.steps, step_size=step, seed=args.seed, eot=eot)(model, x, y)
+
+    def autoattack_rand() -> torch.Tensor:
+        ce, dlr = build_suite("autoattack-rand", threat)
+        ce.early_stop = dlr.early_stop = True  # as evaluate() runs a suite (ignored under EOT)
+        first = ce.run(model, x, y)
+        x_adv = first.x_adv.clone()
+        left = (~first.success).nonzero().flatten()
+        if left.numel():
+            x_adv[left] = dlr(model, x[left], y[left])
+        return x_adv
+
+    def eotpgd() -> torch.Tensor:
+        atk = torchattacks.EOTPGD(model, eps=args.eps, alpha=step, steps=args.steps, eot_iter=args.eot,
+                                  random_start=True)
+        return atk(x, y)
+
+    rows = [
+        ("robustlab pgd", pgd(1)),
+        (f"robustlab pgd eot={args.eot}", pgd(args.eot)),
+        ("robustlab autoattack-rand", autoattack_rand),
+        (f"torchattacks EOTPGD eot_iter={args.eot}", eotpgd),
+    ]
+    print(f"model: {source} ({train_s:.0f}s)")
+    print(f"{args.n} Fashion-MNIST test images, Linf eps={args.eps:g}; PGD/EOTPGD {args.steps} steps of {step:.4g}; "
+          f"accuracy averaged over {args.judge_draws} noise draws; device {dev}, {args.threads} threads")
+    torch.manual_seed(args.seed + 1000)
+    clean, clean_se = judged(model, x, y, args.judge_draws)
+    print(f"{'attack':<34} {'robust acc':>10} {'+-se':>6} {'seconds':>8}")
+    print(f"{'(clean)':<34} {100 * clean:>9.1f}% {100 * clean_se:>5.1f}  {'':>8}")
+    for name, make in rows:
+        torch.manual_seed(args.seed)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        x_adv = make()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t
+        assert float((x_adv - x).abs().max()) <= args.eps + 1e-6
+        torch.manual_seed(args.seed + 1000)  # the same judging draws for every attack
+        acc, se = judged(model, x_adv, y, args.judge_draws)
+        print(f"{name:<34} {100 * acc:>9.1f}% {100 * se:>5.1f}  {seconds:>8.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
