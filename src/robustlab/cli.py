@@ -145,7 +145,7 @@ def main() -> None:
 @click.option("--model-option", "model_option", multiple=True, help="Extra model option KEY=VALUE (repeatable).")
 @click.option("--defense", default="clean", show_default=True, help="Training objective (clean, or an adversarial one).")
 @click.option("--eps", type=float, default=None, help="Defence budget (adversarial objectives).")
-@click.option("--norm", default=None, help="linf | l2 (adversarial objectives).")
+@click.option("--norm", default=None, help="linf | l2 | l1 (adversarial objectives).")
 @click.option("--defense-option", "defense_option", multiple=True, help="Objective option KEY=VALUE (repeatable).")
 @click.option("--monitor-attack", default="pgd", show_default=True,
               help="Attack measured on a fixed test subset after every epoch (history adv_accuracy); 'none' to skip.")

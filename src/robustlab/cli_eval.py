@@ -81,7 +81,7 @@ def _trust(kw: dict[str, Any]) -> Any:
 @click.argument("run", required=False, type=click.Path(exists=True, file_okay=False))
 @model_data_options
 @click.option("--attack", "attack_name", default="pgd", show_default=True)
-@click.option("--norm", default="linf", show_default=True)
+@click.option("--norm", default="linf", show_default=True, help="linf | l2 | l1")
 @click.option("--eps", type=float, default=0.1, show_default=True)
 @click.option("--steps", type=int, default=None, help="Iterations (iterative attacks).")
 @click.option("--target", type=int, default=None, help="Targeted: move every input toward class K.")
@@ -113,10 +113,10 @@ def attack(run, attack_name, norm, eps, steps, target, attack_option, n, batch_s
 @click.option("--save-adversarial", is_flag=True,
               help="With --out: OUT/adversarial.safetensors (x, x_adv = per-sample worst case, y, predictions) and a PNG grid.")
 @click.option("--attacks", "attack_names", default=None, help="Comma-separated attacks, e.g. fgsm,pgd,mim.")
-@click.option("--suite", default=None, help="quick | standard | full")
+@click.option("--suite", default=None, help="quick | standard | autoattack | autoattack-rand | full (budgets: docs/evaluation.md)")
 @click.option("--eps", "eps_text", default="0.1", show_default=True,
               help="Budget, or a comma-separated list for a curve (the first value is the headline).")
-@click.option("--norm", default="linf", show_default=True)
+@click.option("--norm", default="linf", show_default=True, help="linf | l2 | l1")
 @click.option("--steps", type=int, default=None, help="Iterations for the iterative attacks in --attacks.")
 @click.option("--n", type=click.IntRange(min=1), default=None, help="Test images (default: all).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
@@ -207,7 +207,7 @@ def _print_metrics(metrics: dict[str, Any], norm: str) -> None:
 @model_data_options
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for report.html and its PNGs.")
 @click.option("--eps", type=float, default=0.1, show_default=True, help="Budget of the report's adversarial examples.")
-@click.option("--norm", default="linf", show_default=True)
+@click.option("--norm", default="linf", show_default=True, help="linf | l2 | l1")
 @click.option("--n-examples", type=int, default=8, show_default=True, help="Adversarial examples shown per run.")
 @click.option("--no-artifacts", is_flag=True, help="Only read what the runs already hold; compute nothing.")
 @click.option("--device", default="auto", show_default=True)
@@ -257,7 +257,7 @@ def report(runs, out, eps, norm, n_examples, no_artifacts, device, **kw) -> None
 @click.option("--attack", "attack_name", default="pgd", show_default=True,
               help="Attack that makes the training examples (gradient attacks with steps, e.g. pgd, take --steps).")
 @click.option("--eps", type=float, default=0.1, show_default=True)
-@click.option("--norm", default="linf", show_default=True)
+@click.option("--norm", default="linf", show_default=True, help="linf | l2 | l1")
 @click.option("--steps", type=int, default=10, show_default=True, help="Iterations of the (iterative) training attack.")
 @click.option("--eval-steps", type=int, default=20, show_default=True,
               help="Iterations of the plain and the adaptive attack on the test images.")

@@ -14,9 +14,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers.state import assert_same_state, assert_tensor_untouched, snapshot, snapshot_tensor
 from torch import nn
 
+from helpers.state import assert_same_state, assert_tensor_untouched, snapshot, snapshot_tensor
 from robustlab import ThreatModel
 from robustlab.attacks import ATTACKS, CW, FGSM, FGV, MIM, PGD, Attack, Noise, build_attack
 
@@ -463,3 +463,16 @@ def test_channels_last_auto_falls_back_for_a_model_that_needs_nchw():
     with pytest.raises(RuntimeError, match="view"):
         forced_on(model, x, y)
     assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_eval_mode_false_with_labels_works_on_batchnorm1d():
+    """With eval_mode=False a model with BatchNorm1d in train mode must be attackable with labels
+    given (a one-sample class-count probe is illegal for BatchNorm1d in train mode), and its
+    running statistics come back unchanged."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(16, 6), nn.BatchNorm1d(6), nn.Linear(6, 3)).train()
+    stats = [b.clone() for b in m.buffers()]
+    x, y = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
+    x_adv = PGD(ThreatModel("linf", 0.1), steps=2, eval_mode=False)(m, x, y)
+    assert (x_adv - x).abs().max() <= 0.1 + 1e-6
+    assert m.training and all(torch.equal(a, b) for a, b in zip(stats, m.buffers()))

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers.attacks import accepts_target, build as build_attack, models_held, variants
-from helpers.state import assert_same_state, assert_tensor_untouched, snapshot, snapshot_tensor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from helpers.attacks import accepts_target, models_held, variants
+from helpers.attacks import build as build_attack
+from helpers.state import assert_same_state, assert_tensor_untouched, snapshot, snapshot_tensor
 from robustlab import ThreatModel
 from robustlab.attacks import ATTACKS, CW, PGD
 

@@ -91,8 +91,8 @@ def test_nes_arguments_are_validated(kwargs, match):
 
 
 def test_transfer_validates_and_loads_a_checkpoint(tmp_path):
-    from robustlab.storage import save_model
     from robustlab.models import build_model
+    from robustlab.storage import save_model
 
     t = ThreatModel("linf", 0.1)
     torch.manual_seed(0)

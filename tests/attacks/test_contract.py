@@ -18,10 +18,10 @@ import math
 
 import pytest
 import torch
-from helpers.attacks import VARIANTS, accepts_target, build, models_held, variant_ids, variants
-from helpers.state import assert_same_state, assert_tensor_untouched, snapshot, snapshot_tensor
 from torch import nn
 
+from helpers.attacks import VARIANTS, accepts_target, build, models_held, variant_ids, variants
+from helpers.state import assert_same_state, assert_tensor_untouched, snapshot, snapshot_tensor
 from robustlab import ThreatModel
 from robustlab.attacks import ATTACKS
 from robustlab.threat import NORMS

@@ -6,11 +6,11 @@ registered attack in ``test_contract.py``; this file keeps the rest."""
 
 import pytest
 import torch
-from helpers.attacks import build
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import robustlab
+from helpers.attacks import build
 from robustlab import ThreatModel
 from robustlab.attacks import ATTACKS, is_adversarial
 

@@ -17,11 +17,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers.state import assert_same_state, assert_tensor_untouched, snapshot, snapshot_tensor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from helpers.state import assert_same_state, assert_tensor_untouched, snapshot, snapshot_tensor
 from robustlab import ThreatModel
 from robustlab.attacks import APGD, CW, FGSM, NES, PGD, Square
 from robustlab.threat import project_l1_box

@@ -12,7 +12,8 @@ inner attack built on the same threat model).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from torch import nn

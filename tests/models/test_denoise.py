@@ -10,9 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustlab.models import ACTIVATIONS, OPS, BilateralFilter, DenoiseBlock, MeanFilter, MedianFilter, NonLocalMeans, build_model
 from robustlab.storage import load_model, save_model
-from robustlab.models import OPS, BilateralFilter, DenoiseBlock, MeanFilter, MedianFilter, NonLocalMeans
-from robustlab.models import ACTIVATIONS, build_model
 
 
 # --- slow references (explicit loops over pixels) --------------------------------------------------

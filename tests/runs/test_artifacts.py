@@ -9,10 +9,10 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers.state import assert_same_state, snapshot
 from safetensors.torch import load_file
 from torch import nn
 
+from helpers.state import assert_same_state, snapshot
 from robustlab.runs.artifacts import (
     adversarial_examples,
     class_visualisations,

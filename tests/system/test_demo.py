@@ -29,7 +29,7 @@ def test_demo_writes_both_runs_and_a_report(demo_out):
         assert m["robust_accuracy"] <= min(m["per_attack"].values())  # the worst case per sample
         assert [c["eps"] for c in m["eps_curve"]] == [0.02, 0.05, 0.1, 0.15, 0.2]
         assert [c["steps"] for c in m["iterations_curve"]] == [5, 10, 20, 50]
-        assert len(m["checks"]) == 7 and len(m["corruptions"]) == 6
+        assert len(m["checks"]) == 8 and len(m["corruptions"]) == 6
     cfg = json.loads((out / "fast-at" / "config.json").read_text())["spec"]
     assert cfg["defense"] == "fast-at" and cfg["train_limit"] == 2000
 

@@ -33,11 +33,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from robustlab.attacks import ATTACKS
-from robustlab.storage import MODEL_META, MODEL_WEIGHTS, load_model, load_state
 from robustlab.cli import main
+from robustlab.evaluation.suites import SUITES
 from robustlab.models import MODELS
 from robustlab.runs import RunSpec, train_run
-from robustlab.evaluation.suites import SUITES
+from robustlab.storage import MODEL_META, MODEL_WEIGHTS, load_model, load_state
 from robustlab.threat import _NORM_ALIASES
 from robustlab.training import TrainConfig, read_history
 from robustlab.training.loop import STATE_FILE

@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robustlab.storage import load_model
 from robustlab.models import build_model
+from robustlab.storage import load_model
+from robustlab.training import TrainConfig
 from robustlab.training.noisy_student import (
     NoisyObjective,
     NoisyStudentConfig,
@@ -18,8 +19,6 @@ from robustlab.training.noisy_student import (
     random_flip,
     random_shift,
 )
-from robustlab.training import TrainConfig
-
 
 SMALL = {"channels": (8, 16), "hidden": 32}
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from robustlab.models import build_model
 from robustlab.training import OBJECTIVES, build_objective
-from robustlab.training.objectives import ALP, TRADES, AdvReg, FGSMAT, Mix, NoiseTraining, PGDAT, kl_per_sample
+from robustlab.training.objectives import ALP, FGSMAT, PGDAT, TRADES, AdvReg, Mix, NoiseTraining, kl_per_sample
 
 
 @pytest.fixture()

@@ -204,16 +204,18 @@ class Attack(ABC):
                 layout.enter_context(channels_last_weights(model))
                 xw = x0.contiguous(memory_format=torch.channels_last)
             with torch.no_grad():
-                # With labels given, one sample suffices to learn the number of classes.
+                # With labels given, one sample suffices to learn the number of classes; in train
+                # mode (eval_mode=False) BatchNorm needs more than one sample, so the whole batch.
+                one = y is not None and self.eval_mode
                 try:
-                    probe = xw if y is None else xw[:1]
+                    probe = xw[:1] if one else xw
                     out = self._logits(model, probe)
                 except RuntimeError:
                     if not use_cl or self.channels_last:
                         raise
                     layout.close()  # auto mode: this model needs the default layout
                     use_cl, xw = False, x0
-                    probe = xw if y is None else xw[:1]
+                    probe = xw[:1] if one else xw
                     out = self._logits(model, probe)
                 logits = check_logits(out, probe.shape[0])
             y = attack_labels(logits, x0.shape[0], y, target)

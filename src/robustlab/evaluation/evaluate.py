@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -87,7 +87,8 @@ def evaluate(
         names = _unique_names(attack_list)
         gradient_names = [n for n, a in zip(names, attack_list) if getattr(a, "uses_gradients", True)]
         result.checks = run_checks(
-            model, x, y, threat, result=result, scale=checks_scale, whitebox_names=gradient_names, batch_size=batch_size
+            model, x, y, threat, result=result, scale=checks_scale, whitebox_names=gradient_names, batch_size=batch_size,
+            whitebox_eot=min((a.eot for a in attack_list if a.uses_gradients), default=None),
         )
         if any(c["status"] != "PASS" for c in result.checks):
             warnings.warn("\n" + format_checks(result.checks), RuntimeWarning, stacklevel=2)

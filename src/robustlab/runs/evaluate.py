@@ -25,6 +25,7 @@ from torch import nn
 from ..attacks import ATTACKS, Attack, Transfer, attack_options, build_attack
 from ..distributed import init_from_env
 from ..evaluation import EvaluationResult, clean_accuracy, corruption_metrics, evaluate, iterations_metrics
+from ..evaluation.curves import iterations_attack_for
 from ..storage import atomic_save_safetensors, atomic_write_json, atomic_write_text, load_model
 from ..storage.layout import ATTACK_EXAMPLES, ATTACK_SUMMARY, EVALUATION_FILE, METRICS_FILE, read_json
 from ..threat import ThreatModel
@@ -138,7 +139,7 @@ def evaluate_run(
     """Clean accuracy of a model on its data (first ``n`` images), and with ``attacks`` (names;
     blanks are skipped) or a ``suite`` the robust accuracy at every budget in ``eps`` (the first is
     the headline, more make ``eps_curve``); ``iterations`` adds robust accuracy vs attack steps
-    (PGD when ``attacks`` is just ``["pgd"]``, else APGD-CE), ``corruptions`` the common-corruption
+    (with the one iterative attack in ``attacks``, APGD-CE for a suite, an error when ambiguous), ``corruptions`` the common-corruption
     table, ``checks`` the gradient-masking checks.
 
     The model is ``run`` or ``model`` (an entry point), the data ``data`` (default: the run's
@@ -158,6 +159,7 @@ def evaluate_run(
     names = None if attacks is None else [a.strip().lower() for a in attacks if a.strip()]
     if names is not None and suite:
         raise ValueError("give --attacks or --suite, not both")
+    curve_attack = iterations_attack_for(names) if iterations is not None else None
     if save_adversarial and out is None:
         raise ValueError("--save-adversarial needs --out DIR (an evaluation directory)")
     if save_adversarial and names is None and not suite:
@@ -196,8 +198,8 @@ def evaluate_run(
         if len(curve) > 1:
             metrics["eps_curve"] = [{k: c[k] for k in ("eps", "robust_accuracy", "per_attack")} for c in curve]
     if iterations is not None:
-        kind = "pgd" if names == ["pgd"] else "apgd"
-        metrics.update(iterations_metrics(net, x, y, threats[0], list(iterations), attack=kind,
+        options = {"eot": 20} if suite == "autoattack-rand" else None
+        metrics.update(iterations_metrics(net, x, y, threats[0], list(iterations), attack=curve_attack, options=options,
                                           batch_size=batch_size, progress=progress))
     if corruptions:
         metrics.update(corruption_metrics(net, x, y, batch_size=batch_size))
