@@ -1,4 +1,4 @@
-# Shared by defences.sh and model-defences.sh (sourced): train a run once, timed, and print its
+# Shared by defenses.sh and model-defenses.sh (sourced): train a run once, timed, and print its
 # table row. Expects the variables py, n (test images), suite and epochs.
 
 # train_once RUN TRAIN_ARGS... : train into RUN unless it is already there; wall time to RUN/wall.json

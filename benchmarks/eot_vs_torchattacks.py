@@ -2,9 +2,9 @@
 torchattacks' EOTPGD, on the same images.
 
 The model: a small CNN (16/32 channels) behind Gaussian input noise (sd 0.3) drawn inside its
-forward, in eval mode too (the issue's randomised defence), fast-adversarially trained (Wong et al.
-2020) on Fashion-MNIST through the noise (so the noise is part of the defence, as in RSE-style
-defences). ``--model PATH`` loads a robustlab model or run directory (e.g. the demo's fast-AT
+forward, in eval mode too (the issue's randomised defense), fast-adversarially trained (Wong et al.
+2020) on Fashion-MNIST through the noise (so the noise is part of the defense, as in RSE-style
+defenses). ``--model PATH`` loads a robustlab model or run directory (e.g. the demo's fast-AT
 run) and puts the noise in front of it instead.
 
 Every attack gets the same images and Linf eps. Their examples are judged the same way: the

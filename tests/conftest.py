@@ -1,6 +1,6 @@
 """Shared fixtures: small models trained once per test session on real data.
 
-Training happens here once (seconds on 2 cores), so tests of attacks, evaluation and defences
+Training happens here once (seconds on 2 cores), so tests of attacks, evaluation and defenses
 measure real effects on real data without paying for training each time.
 """
 

@@ -144,7 +144,7 @@ def main() -> None:
                    "(tune with --model-option denoise_embed=dot, denoise_stages=[1], ...).")
 @click.option("--model-option", "model_option", multiple=True, help="Extra model option KEY=VALUE (repeatable).")
 @click.option("--defense", default="clean", show_default=True, help="Training objective (clean, or an adversarial one).")
-@click.option("--eps", type=float, default=None, help="Defence budget (adversarial objectives).")
+@click.option("--eps", type=float, default=None, help="Defense budget (adversarial objectives).")
 @click.option("--norm", default=None, help="linf | l2 | l1 (adversarial objectives).")
 @click.option("--defense-option", "defense_option", multiple=True, help="Objective option KEY=VALUE (repeatable).")
 @click.option("--monitor-attack", default="pgd", show_default=True,

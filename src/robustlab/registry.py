@@ -2,7 +2,7 @@
 keyword options that every ``build_*`` function does.
 
 A typo in a name or an option must be an error that lists what is allowed, never a silently
-different attack, model or defence.
+different attack, model or defense.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The threat model: which perturbations an adversary may apply.
 
-One immutable value object (norm, eps, bounds) used by every attack, every defence and every
+One immutable value object (norm, eps, bounds) used by every attack, every defense and every
 evaluation, so that "robust at eps 0.1" always means the same set of inputs.
 
 Norms: Linf, L2 and L1. For L1 the projection is the exact Euclidean projection onto the L1 ball

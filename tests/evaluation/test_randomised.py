@@ -1,7 +1,7 @@
-"""Randomised defences: EOT in every gradient attack, the randomisation check, autoattack-rand.
+"""Randomised defenses: EOT in every gradient attack, the randomisation check, autoattack-rand.
 
 A randomised model here is the digits CNN behind Gaussian input noise (sd 0.3) drawn inside its
-forward, in eval mode too: what the issue's "noise in the forward" defence does.
+forward, in eval mode too: what the issue's "noise in the forward" defense does.
 """
 
 from __future__ import annotations

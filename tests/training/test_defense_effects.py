@@ -1,4 +1,4 @@
-"""Measured effects of the defences on real Fashion-MNIST (eps = 0.1 Linf).
+"""Measured effects of the defenses on real Fashion-MNIST (eps = 0.1 Linf).
 
 The fast tests train on the session's 12k-image subset (a few epochs, well under a minute on 2
 cores) and compare against the session's standard model of the same architecture. The ``slow``
@@ -57,7 +57,7 @@ def test_fast_adversarial_training_raises_robust_accuracy(measured):
     assert fat["pgd"] >= std["pgd"] + 0.35, measured  # robust accuracy up by tens of points
 
 
-def test_noise_training_is_no_adversarial_defence(measured):
+def test_noise_training_is_no_adversarial_defense(measured):
     """The control: random signs of the same size keep clean accuracy but buy far less robustness
     than the same budget of adversarial training (measured: 86.4% / 24.8%)."""
     noise, fat = measured["noise"], measured["fast-at"]

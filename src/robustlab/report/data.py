@@ -258,7 +258,7 @@ def _with_options(name: Any, options: dict[str, Any]) -> Any:
 
 
 def run_summary(run: RunData) -> dict[str, Any]:
-    """One summary-table row: dataset, model, defence, epochs, accuracies, eps, wall time."""
+    """One summary-table row: dataset, model, defense, epochs, accuracies, eps, wall time."""
     spec = run.config.get("spec") or run.model_meta.get("spec") or {}
     arch = run.model_meta.get("architecture") or {}
     training = run.config.get("training") or run.model_meta.get("training") or {}

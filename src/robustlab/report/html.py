@@ -152,7 +152,7 @@ def _summary_row(r: dict[str, Any], attacks: Sequence[str]) -> list[tuple[str, b
 def _summary_section(rows: list[dict[str, Any]]) -> str:
     """One row per run: what was trained, how, and the accuracies it reached."""
     attacks = _unique(k for r in rows for k in r["per_attack"])
-    headers = ["run", "dataset", "model", "defence", "epochs", "clean acc", "robust acc (worst)",
+    headers = ["run", "dataset", "model", "defense", "epochs", "clean acc", "robust acc (worst)",
                *attacks, "eps", "monitor adv acc", "wall time"]
     note = ('<p class="note">Robust accuracy is the per-sample worst case over all attacks at the given eps, '
             "on the n test images attacked (with the clean accuracy on those same images when they are a subset); "

@@ -1,6 +1,6 @@
 """Run directories: a training run from one JSON-able spec.
 
-A run directory holds ``config.json`` (the spec: data, model, defence, training), ``model.safetensors``
+A run directory holds ``config.json`` (the spec: data, model, defense, training), ``model.safetensors``
 and ``model.json`` (the checkpoint), ``history.jsonl`` (one line per epoch), ``train_state.safetensors``
 (to resume) and ``metrics.json``; the names live in :mod:`robustlab.storage.layout`. The CLI, the
 demo and the tests all go through :func:`train_run`.
@@ -42,7 +42,7 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 @dataclass
 class RunSpec:
-    """What a training run is: data, model, defence and optimisation (all JSON-able)."""
+    """What a training run is: data, model, defense and optimisation (all JSON-able)."""
 
     dataset: str = "fashion-mnist"
     data_root: str | None = None
@@ -93,7 +93,7 @@ def objective_for_spec(spec: RunSpec) -> Any:
 def monitor_spec(attack: str | None, eps: float | None = None, defense_eps: float | None = None,
                  norm: str | None = None) -> dict[str, Any] | None:
     """The ``RunSpec.monitor`` for ``train --monitor-attack/--monitor-eps``: None for no attack or
-    'none'; the budget is ``eps``, else the defence's ``defense_eps``, else 0.1; PGD gets 20 seeded
+    'none'; the budget is ``eps``, else the defense's ``defense_eps``, else 0.1; PGD gets 20 seeded
     steps of 0.1 * eps."""
     if not attack or attack.lower() == "none":
         return None

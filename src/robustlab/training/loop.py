@@ -1,6 +1,6 @@
 """The one training loop: epochs, batches, optimiser, schedule, seed, progress, history, resume.
 
-Objectives plug in (see :mod:`.objectives`); the loop never changes for a new defence. After each
+Objectives plug in (see :mod:`.objectives`); the loop never changes for a new defense. After each
 epoch it records clean test accuracy (and, when given a monitor attack, adversarial accuracy on
 a fixed test subset) to ``history.jsonl``, saves the model, and saves one atomic training-state
 file, so a run killed at any point resumes from its last finished epoch and ends with the same

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The Defences II comparison of the issue note: PGD adversarial training with relu / gelu / silu and
-# with non-local (Gaussian) denoising blocks, all at the budget of benchmarks/defences.sh (same data,
+# The Defenses II comparison of the issue note: PGD adversarial training with relu / gelu / silu and
+# with non-local (Gaussian) denoising blocks, all at the budget of benchmarks/defenses.sh (same data,
 # eps, epochs, steps); then the detector under the plain and the adaptive attack, and noisy-student
 # teacher vs student on the same first TRAIN_LIMIT training images. The adversarially trained
 # models also get the standard suite's worst case beside PGD-20.
-# Usage: bash benchmarks/model-defences.sh [OUT] [TRAIN_LIMIT] [EPOCHS] [N_EVAL] [SUITE]
+# Usage: bash benchmarks/model-defenses.sh [OUT] [TRAIN_LIMIT] [EPOCHS] [N_EVAL] [SUITE]
 set -euo pipefail
-out=${1:-runs/model-defences}; limit=${2:-10000}; epochs=${3:-2}; n=${4:-1000}; suite=${5:-standard}
+out=${1:-runs/model-defenses}; limit=${2:-10000}; epochs=${3:-2}; n=${4:-1000}; suite=${5:-standard}
 py=${PY:-.venv/bin/python}
 common=(--dataset fashion-mnist --train-limit "$limit" --epochs "$epochs" --batch-size 128 --lr 2e-3
         --schedule onecycle --seed 0 --quiet --device cpu --monitor-n 200
