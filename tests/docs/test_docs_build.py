@@ -16,8 +16,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MISSING = [m for m in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python") if importlib.util.find_spec(m.split(".")[0]) is None
-           or (m == "mkdocstrings_handlers.python" and importlib.util.find_spec(m) is None)]
+MISSING = [
+    m
+    for m in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python")
+    if importlib.util.find_spec(m.split(".")[0]) is None
+    or (m == "mkdocstrings_handlers.python" and importlib.util.find_spec(m) is None)
+]
 
 
 @pytest.mark.skipif(bool(MISSING), reason=f"docs tools not installed ({', '.join(MISSING)}): pip install -e '.[docs]'")
@@ -31,8 +35,10 @@ def test_site_builds_strict(tmp_path):
     for page in ["index.html", "attacks.html", "defenses.html", "evaluation.html", "results-schema.html", "api/attacks.html"]:
         assert (site / page).is_file(), page
     # The API reference shows the public names (a sample from each package).
-    api = {p: (site / "api" / f"{p}.html").read_text() for p in ["attacks", "evaluation", "training", "storage"]}
-    for page, name in [("attacks", "robustlab.attacks.PGD"), ("attacks", "robustlab.attacks.build_attack"),
+    api = {p: (site / "api" / f"{p}.html").read_text() for p in ["attacks", "evaluation", "training", "storage", "models", "runs"]}
+    for page, name in [("attacks", "robustlab.attacks.PGD"), ("attacks", "robustlab.attacks.FAB"),
+                       ("attacks", "robustlab.attacks.build_attack"), ("models", "robustlab.models.entry.load_entry"),
+                       ("runs", "robustlab.runs.evaluation_dir.evaluation_document"),
                        ("evaluation", "robustlab.evaluation.evaluate.evaluate"), ("evaluation", "robustlab.evaluation.run_checks"),
                        ("training", "robustlab.training.build_objective"), ("storage", "robustlab.storage.load_model")]:
         assert f'id="{name}"' in api[page], f"{name} missing from api/{page}.html"

@@ -140,7 +140,7 @@ class APGD(Attack):
         tc = f", targeted_classes={self.targeted_classes}" if self.targeted_classes else ""
         return (
             f"{type(self).__name__}(norm={t.norm}, eps={t.eps:g}, steps={self.steps}, "
-            f"restarts={self.restarts}, loss={self.loss_name}{tc})"
+            f"restarts={self.restarts}, loss={self.loss_name}{tc}{self._eot_repr()})"
         )
 
     # --- the attack ---------------------------------------------------------------------------
@@ -185,6 +185,7 @@ class APGD(Attack):
             raise ValueError("APGD with targeted_classes > 0 chooses its own targets: do not pass target=")
         # samples already misclassified (or already at the target) need no attack
         best = BestPoints.unscored(x, is_adversarial(logits0, y, target))
+        runs: list[tuple[torch.Tensor | None, torch.Tensor | None]]
         if self.targeted_classes:
             k = min(self.targeted_classes, num_classes - 1)
             ranked = logits0.scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
@@ -198,11 +199,10 @@ class APGD(Attack):
                 # Draw the start for the whole batch so the same seed gives the same starts
                 # whichever samples are still active.
                 start = self._start(x, generator)
-                idx = best.pending()  # host sync between runs only
-                if idx.numel() == 0:
+                pending = best.pending()  # host sync between runs only
+                if pending.numel() == 0:
                     return best.x
-                if idx.numel() == n:
-                    idx = None
+                idx = None if pending.numel() == n else pending
                 run = self._run_l1 if self.threat.norm == "l1" else self._run_once
                 run(model, loss_fn, x, y, loss_target, succ_target, start, idx, best)
         return best.x

@@ -172,7 +172,11 @@ class Attack(ABC):
 
     def __repr__(self) -> str:
         t = self.threat
-        return f"{type(self).__name__}(norm={t.norm}, eps={t.eps:g})"
+        return f"{type(self).__name__}(norm={t.norm}, eps={t.eps:g}{self._eot_repr()})"
+
+    def _eot_repr(self) -> str:
+        """``", eot=N"`` when the attack averages N draws (part of its budget), else nothing."""
+        return f", eot={self.eot}" if getattr(self, "eot", 1) != 1 else ""
 
     # --- public ---------------------------------------------------------------------------
     def __call__(
@@ -224,13 +228,13 @@ class Attack(ABC):
             if self.threat.eps == 0:
                 x_adv, queries = x0.clone(), None
             else:
-                out = self._attack(model, xw, y, target, generator)
-                if isinstance(out, Crafted):
-                    x_adv, queries, success = out
-                elif isinstance(out, tuple):
-                    (x_adv, queries), success = out, None
+                crafted = self._attack(model, xw, y, target, generator)
+                if isinstance(crafted, Crafted):
+                    x_adv, queries, success = crafted
+                elif isinstance(crafted, tuple):
+                    (x_adv, queries), success = crafted, None
                 else:
-                    x_adv, queries = out, None
+                    x_adv, queries = crafted, None
             projected = self.threat.project(x_adv.detach(), x0)
             bad = ~torch.isfinite(projected.flatten(1)).all(dim=1)
             if bool(bad.any()):  # one check per call, never per step

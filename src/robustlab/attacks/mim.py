@@ -21,6 +21,8 @@ class MIM(PGD):
     averages every gradient over N passes (randomised models).
     """
 
+    norms = ("linf", "l2")  # under L1 its steepest step moves one pixel: use PGD (SLIDE) or APGD-L1
+
     name = "mim"
     _default_rel = 1.0
 

@@ -96,7 +96,7 @@ class PGD(Attack):
         sp = f", sparsity={self.sparsity:g}" if t.norm == "l1" else ""
         return (
             f"{type(self).__name__}(norm={t.norm}, eps={t.eps:g}, steps={self.steps}, "
-            f"step_size={self.step_size:g}, restarts={self.restarts}, loss={self.loss_name}{sp})"
+            f"step_size={self.step_size:g}, restarts={self.restarts}, loss={self.loss_name}{sp}{self._eot_repr()})"
         )
 
     # --- hooks for variants (MIM) -------------------------------------------------------------

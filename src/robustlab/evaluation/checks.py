@@ -34,7 +34,8 @@ test can run a cheap version); :func:`format_checks` renders them with WARN line
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,9 +47,9 @@ from ..attacks.noise import Noise
 from ..attacks.pgd import PGD
 from ..attacks.square import Square
 from ..attacks.transfer import Transfer
-from .outcomes import EvaluationResult, run_attack
 from ..threat import ThreatModel
 from ..validation import check_images, check_labels, check_logits, check_same_device
+from .outcomes import EvaluationResult, run_attack
 
 PASS, WARN = "PASS", "WARN"
 TOL = 0.02
@@ -148,7 +149,7 @@ def check_randomised(
             ev += (
                 f" and the gradient attacks {few}: single-draw gradients overestimate robustness; evaluate "
                 "with --suite autoattack-rand (APGD-CE and APGD-DLR with EOT over 20 draws) or give the "
-                "attacks eot=20 (--eot)"
+                "attacks eot=20 (robustlab attack --attack-option eot=20)"
             )
     return _check(
         "randomised",
