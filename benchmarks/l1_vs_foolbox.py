@@ -85,11 +85,11 @@ def main() -> None:
     for eps in (float(e) for e in args.eps.split(",")):
         t = ThreatModel("l1", eps)
         rows = [
-            ("robustlab APGD-L1 (CE)", lambda: ~APGD(t, steps=args.steps, seed=0, early_stop=True).run(model, x, y).success),
-            ("robustlab PGD-L1 (SLIDE, q=0.99)", lambda: ~PGD(t, steps=args.steps, seed=0, early_stop=True).run(model, x, y).success),
-            ("foolbox SparseL1Descent (defaults)", lambda: foolbox_robust(model, x, y, eps, args.steps, None)),
+            ("robustlab APGD-L1 (CE)", lambda t=t: ~APGD(t, steps=args.steps, seed=0, early_stop=True).run(model, x, y).success),
+            ("robustlab PGD-L1 (SLIDE, q=0.99)", lambda t=t: ~PGD(t, steps=args.steps, seed=0, early_stop=True).run(model, x, y).success),
+            ("foolbox SparseL1Descent (defaults)", lambda eps=eps: foolbox_robust(model, x, y, eps, args.steps, None)),
             (f"foolbox SparseL1Descent (step 2.5 eps/{args.steps})",
-             lambda: foolbox_robust(model, x, y, eps, args.steps, 2.5 / args.steps)),
+             lambda eps=eps: foolbox_robust(model, x, y, eps, args.steps, 2.5 / args.steps)),
         ]
         for name, fn in rows:
             t1 = time.perf_counter()

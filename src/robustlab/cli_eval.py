@@ -170,7 +170,7 @@ def evaluate(run, out, save_adversarial, attack_names, suite, eps_text, norm, st
 
 def _print_document(doc: dict[str, Any]) -> None:
     """The table ``evaluate --out`` prints (without --json)."""
-    flat = {"evaluated_samples": doc["n"], "evaluation_clean_accuracy": doc["clean_accuracy"], **{
+    flat: dict[str, Any] = {"evaluated_samples": doc["n"], "evaluation_clean_accuracy": doc["clean_accuracy"], **{
         k: doc[k] for k in ("per_attack", "robust_accuracy", "iterations_curve", "iterations_attack", "corruptions",
                             "mean_corruption_accuracy", "checks") if k in doc}}
     threat = doc.get("threat") or {}

@@ -368,7 +368,7 @@ def _idx(name: str, split: str, root: str | os.PathLike | None):
             "(gzipped or not); it is not bundled or downloaded"
         )
     default_root = root is None
-    folder = _resolve_root(FASHION_MNIST_ROOT if default_root else root)
+    folder = _resolve_root(FASHION_MNIST_ROOT if root is None else root)
     if name == "fashion-mnist":
         hint, classes = _fashion_hint(default_root), FASHION_MNIST_CLASSES
     else:

@@ -119,8 +119,8 @@ def _read_image(path: Path) -> np.ndarray:
             im.load()
             mode = im.mode
             if mode in ("L", "1", "LA", "I", "I;16", "F"):
-                im = im.convert("L") if mode in ("L", "1", "LA") else im
-                arr = np.asarray(im)
+                gray = im.convert("L") if mode in ("L", "1", "LA") else im
+                arr = np.asarray(gray)
                 if arr.dtype != np.uint8:  # 16-bit / float grayscale
                     raise DataError(f"{path}: {mode} images are not supported; save 8-bit grayscale or RGB")
             else:

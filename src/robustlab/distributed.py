@@ -45,7 +45,7 @@ def init_from_env(device: torch.device, timeout_s: float | None = None) -> torch
     (env ROBUSTLAB_DIST_TIMEOUT, default 120 s) instead of hanging."""
     if not launched_by_torchrun() or dist.is_initialized():
         return device
-    timeout = float(timeout_s or os.environ.get("ROBUSTLAB_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
+    timeout = float(timeout_s if timeout_s else os.environ.get("ROBUSTLAB_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
     if device.type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)

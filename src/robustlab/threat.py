@@ -213,8 +213,8 @@ class ThreatModel:
             k = (keep.to(a.device, torch.float64) * d).ceil().long().clamp(1, d)
             thr = a.sort(dim=1, descending=True).values.gather(1, (k - 1)[:, None])
         else:
-            k = min(max(int(math.ceil(float(keep) * d)), 1), d)
-            thr = a.kthvalue(d - k + 1, dim=1, keepdim=True).values
+            k_int = min(max(int(math.ceil(float(keep) * d)), 1), d)
+            thr = a.kthvalue(d - k_int + 1, dim=1, keepdim=True).values
         e = flat.sign() * ((a >= thr) & (a > 0))
         return (e / e.abs().sum(dim=1, keepdim=True).clamp_min(1.0)).view_as(grad)
 

@@ -78,13 +78,19 @@ def test_square_linf_candidates_sit_on_the_ball_vertices():
     assert torch.allclose(d, torch.full_like(d, 0.1), atol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, match", [({"queries": 0}, "queries"), ({"p_init": 0.0}, "p_init"), ({"p_init": 1.5}, "p_init"), ({"restarts": 0}, "restarts")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"queries": 0}, "queries"), ({"p_init": 0.0}, "p_init"), ({"p_init": 1.5}, "p_init"), ({"restarts": 0}, "restarts")],
+)
 def test_square_arguments_are_validated(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Square(ThreatModel("linf", 0.1), **kwargs)
 
 
-@pytest.mark.parametrize("kwargs, match", [({"samples": 3}, "even"), ({"samples": 0}, "samples"), ({"sigma": 0.0}, "sigma"), ({"steps": 0}, "steps")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"samples": 3}, "even"), ({"samples": 0}, "samples"), ({"sigma": 0.0}, "sigma"), ({"steps": 0}, "steps")],
+)
 def test_nes_arguments_are_validated(kwargs, match):
     with pytest.raises(ValueError, match=match):
         NES(ThreatModel("linf", 0.1), **kwargs)

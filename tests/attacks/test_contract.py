@@ -240,7 +240,12 @@ def assert_queries_inside(batches, x: torch.Tensor, threat: ThreatModel, slack: 
         # Attacks may forward any subset (early stop) or repetition (probes) of the rows: match
         # each queried row with its nearest original (the originals are > 2 (eps + slack) apart).
         diff = b.flatten(1)[:, None, :] - flat_x[None, :, :]
-        dist = {"linf": lambda: diff.abs().amax(2), "l1": lambda: diff.abs().sum(2)}.get(threat.norm, lambda: diff.norm(dim=2))()
+        if threat.norm == "linf":
+            dist = diff.abs().amax(2)
+        elif threat.norm == "l1":
+            dist = diff.abs().sum(2)
+        else:
+            dist = diff.norm(dim=2)
         nearest = dist.min(1).values
         worst = float(nearest.max())
         assert worst <= threat.eps * (1 + 1e-5) + slack + 1e-5, (
@@ -296,12 +301,18 @@ BAD_X = {
     "float64": (lambda x: x.double(), "float64"),
     "int64": (lambda x: x.round().long(), "dtype torch.int64"),
     "nan": (lambda x: x.index_put_((torch.tensor([0]),), torch.tensor(float("nan"))), "NaN"),
-    "one nan pixel": (lambda x: x.index_put_((torch.tensor([1]), torch.tensor([0]), torch.tensor([2]), torch.tensor([3])), torch.tensor(float("nan"))), "NaN"),
+    "one nan pixel": (
+        lambda x: x.index_put_((torch.tensor([1]), torch.tensor([0]), torch.tensor([2]), torch.tensor([3])), torch.tensor(float("nan"))),
+        "NaN",
+    ),
     "inf": (lambda x: x.index_put_((torch.tensor([1]),), torch.tensor(float("inf"))), "NaN or infinite"),
     "empty": (lambda x: x[:0], "empty batch"),
     "no batch dim": (lambda x: x[0, 0, 0], "batch dimension"),
     "outside bounds": (lambda x: x * 3 - 1, "outside the threat model's bounds"),
-    "just above bounds": (lambda x: x.index_put_((torch.tensor([2]), torch.tensor([0]), torch.tensor([0]), torch.tensor([0])), torch.tensor(1.01)), "outside the threat model's bounds"),
+    "just above bounds": (
+        lambda x: x.index_put_((torch.tensor([2]), torch.tensor([0]), torch.tensor([0]), torch.tensor([0])), torch.tensor(1.01)),
+        "outside the threat model's bounds",
+    ),
     "not a tensor": (lambda x: x.tolist(), "must be a torch.Tensor"),
 }
 

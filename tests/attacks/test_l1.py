@@ -34,8 +34,8 @@ def bisection_reference(v: np.ndarray, low: np.ndarray, high: np.ndarray, eps: f
     out = np.empty_like(v)
     for i in range(v.shape[0]):
 
-        def d(lam: float) -> np.ndarray:
-            return np.clip(np.sign(v[i]) * np.maximum(np.abs(v[i]) - lam, 0), low[i], high[i])
+        def d(lam: float, vi: np.ndarray = v[i], lo_i: np.ndarray = low[i], hi_i: np.ndarray = high[i]) -> np.ndarray:
+            return np.clip(np.sign(vi) * np.maximum(np.abs(vi) - lam, 0), lo_i, hi_i)
 
         if np.abs(d(0.0)).sum() <= eps:
             out[i] = d(0.0)

@@ -196,7 +196,9 @@ def test_kill_9_at_random_points_then_resume_matches_uninterrupted(tmp_path):
                 time.sleep(0.002)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        assert proc.returncode == -signal.SIGKILL, f"kill {i + 1} came after the process ended ({proc.returncode}): {log.read_text()[-2000:]}"
+        assert proc.returncode == -signal.SIGKILL, (
+            f"kill {i + 1} came after the process ended ({proc.returncode}): {log.read_text()[-2000:]}"
+        )
         state = _check_no_torn_files(run)
         landed.append({"kill": i + 1, "aimed at": where, "after s": round(delay, 2), "committed before": before or 0, **state})
 
@@ -659,7 +661,9 @@ SMALL_CNN_OPTIONS = set(inspect.signature(MODELS["small-cnn"].__init__).paramete
 
 @HOSTILE
 @given(option=st.one_of(
-    st.tuples(st.sampled_from(["channels"]), _bad_size(list_len=2)).map(lambda kv: (f"{kv[0]}={json.dumps(kv[1])}", "small-cnn option channels")),
+    st.tuples(st.sampled_from(["channels"]), _bad_size(list_len=2)).map(
+        lambda kv: (f"{kv[0]}={json.dumps(kv[1])}", "small-cnn option channels")
+    ),
     st.tuples(st.sampled_from(["hidden"]), _bad_size()).map(lambda kv: (f"{kv[0]}={json.dumps(kv[1])}", "small-cnn option hidden")),
     st.integers(min_value=9, max_value=2**40).map(lambda v: (f"input_size={v}", "does not match")),
     st.text(alphabet=string.ascii_letters + "[]{},:-_ ", min_size=1, max_size=10).map(lambda s: (s, "must look like KEY=VALUE")),

@@ -35,7 +35,8 @@ BIG = "x" * (10 * LIMIT)
 # into metrics.json, save_model writes model.json after the weights).
 WRITERS = {
     "model.json": "save_model(small(), run, note=payload)",
-    "history.jsonl": "atomic_write_text(run / 'history.jsonl', ''.join(json.dumps({'epoch': i, 'pad': payload}) + '\\n' for i in range(3)))",
+    "history.jsonl": "atomic_write_text(run / 'history.jsonl', "
+                     "''.join(json.dumps({'epoch': i, 'pad': payload}) + '\\n' for i in range(3)))",
     "metrics.json": "write_metrics(run, {'clean_accuracy': 0.5, 'pad': payload})",
     "config.json": "atomic_write_json(run / 'config.json', {'spec': {'pad': payload}, 'training': {}})",
 }
@@ -177,7 +178,13 @@ def test_a_failing_history_write_during_training_keeps_the_last_committed_histor
                 return real_replace(src, dst, *a, **kw)
 
             monkeypatch.setattr(os, "replace", failing)
-            monkeypatch.setattr(os, "rename", lambda s, d, *a, **kw: failing(s, d) if os.path.basename(os.fsdecode(d)) == "history.jsonl" else real_rename(s, d, *a, **kw))
+            monkeypatch.setattr(
+                os,
+                "rename",
+                lambda s, d, *a, **kw: (
+                    failing(s, d) if os.path.basename(os.fsdecode(d)) == "history.jsonl" else real_rename(s, d, *a, **kw)
+                ),
+            )
 
     with pytest.raises(OSError, match="history.jsonl"):
         train(model, obj, (xtr[:512], ytr[:512]), (xte[:64], yte[:64]), cfg, run_dir=run, on_epoch_end=snapshot)

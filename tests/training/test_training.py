@@ -71,14 +71,18 @@ def test_bad_config_is_rejected():
     with pytest.raises(ValueError, match="lr"):
         TrainConfig(lr=-1)
     with pytest.raises(ValueError, match="nothing to resume"):
-        train(_small(), Clean(), (torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)), None, TrainConfig(epochs=1), run_dir="/nonexistent", resume=True)
+        train(
+            _small(), Clean(), (torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)), None, TrainConfig(epochs=1),
+            run_dir="/nonexistent", resume=True,
+        )
 
 
 def test_run_directory_layout(tmp_path):
     spec = RunSpec(dataset="digits", model="small-cnn", model_options={"channels": [8, 16], "hidden": 32})
     m = train_run(spec, tmp_path / "run", TrainConfig(epochs=2, batch_size=64, lr=3e-3, progress=False), device="cpu")
     run = tmp_path / "run"
-    assert {"model.safetensors", "model.json", "history.jsonl", "metrics.json", "config.json", "train_state.safetensors"} <= {p.name for p in run.iterdir()}
+    expected = {"model.safetensors", "model.json", "history.jsonl", "metrics.json", "config.json", "train_state.safetensors"}
+    assert expected <= {p.name for p in run.iterdir()}
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["clean_accuracy"] == m["clean_accuracy"] > 0.5
     assert len(read_history(run)) == 2

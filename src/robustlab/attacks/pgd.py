@@ -60,7 +60,7 @@ class PGD(Attack):
     """
 
     name = "pgd"
-    norms = ("linf", "l2", "l1")
+    norms: tuple[str, ...] = ("linf", "l2", "l1")
     _default_rel: float = 2.5  # default step = _default_rel * eps / steps
 
     def __init__(

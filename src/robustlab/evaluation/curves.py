@@ -14,7 +14,8 @@ curve never silently measures another attack than the evaluation's).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,8 +23,8 @@ from torch import nn
 from ..attacks import ATTACKS, attack_options, build_attack
 from ..attacks.base import Attack
 from ..registry import lookup
-from .evaluate import evaluate
 from ..threat import ThreatModel
+from .evaluate import evaluate
 
 AttackFactory = Callable[[ThreatModel], Sequence[Attack]]
 

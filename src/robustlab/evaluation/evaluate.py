@@ -22,7 +22,8 @@ from .suites import build_suite
 
 
 def _unique_names(attacks: Sequence[Attack]) -> list[str]:
-    names, seen = [], {}
+    names: list[str] = []
+    seen: dict[str, int] = {}
     for a in attacks:
         base = getattr(a, "name", type(a).__name__.lower())
         seen[base] = seen.get(base, 0) + 1

@@ -110,6 +110,8 @@ class BilateralFilter(nn.Module):
     Gaussian on the feature distance (``sigma_range``; the squared distance is the mean over
     channels), normalised over the window. Borders padded by ``replicate`` or ``reflect``."""
 
+    spatial: torch.Tensor  # buffer, registered in __init__
+
     def __init__(self, sigma_spatial: float = 1.0, sigma_range: float = 1.0, padding: str = "replicate") -> None:
         super().__init__()
         if not (sigma_spatial > 0 and sigma_range > 0):
@@ -175,6 +177,7 @@ class DenoiseBlock(nn.Module):
         self.conv: nn.Module | None = None
         if self.use_conv:
             conv = nn.Conv2d(self.channels, self.channels, 1)
+            assert conv.bias is not None  # nn.Conv2d has a bias by default
             with torch.no_grad():
                 conv.bias.zero_()
                 if self.residual:

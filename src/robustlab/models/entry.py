@@ -259,7 +259,7 @@ def load_entry(entry: str, kwargs: dict[str, Any] | None = None, weights: str | 
             raise ValueError(f"--mean and --std need one value per channel each, got {mean_v} and {std_v}")
         model = Normalized(model, mean_v, std_v)
     if code:
-        info = {"entry": text, "kwargs": dict(kwargs or {})}
+        info: dict[str, Any] = {"entry": text, "kwargs": dict(kwargs or {})}
         if mean is not None or std is not None:
             info.update(mean=mean_v, std=std_v)
         model.robustlab_entry = info  # type: ignore[assignment]

@@ -36,6 +36,9 @@ def make_activation(name: str) -> nn.Module:
 class Normalize(nn.Module):
     """(x - mean) / std per channel, as the model's first layer."""
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         mean_t = torch.as_tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)

@@ -175,10 +175,11 @@ def read_evaluation_dir(ev_dir: str | Path, doc: dict[str, Any], title: str | No
     """An evaluation directory as a RunData: its evaluation.json as metrics, the model's and the
     data's identity as the summary's model and dataset, its examples as artifacts."""
     p = Path(ev_dir)
-    threat = doc.get("threat") if isinstance(doc.get("threat"), dict) else {}
-    model = doc.get("model") if isinstance(doc.get("model"), dict) else {}
-    data = doc.get("data") if isinstance(doc.get("data"), dict) else {}
-    metrics = {k: doc[k] for k in ("clean_accuracy", "robust_accuracy", "per_attack", "checks", "eps_curve",
+    threat_raw, model_raw, data_raw = doc.get("threat"), doc.get("model"), doc.get("data")
+    threat: dict[str, Any] = threat_raw if isinstance(threat_raw, dict) else {}
+    model: dict[str, Any] = model_raw if isinstance(model_raw, dict) else {}
+    data: dict[str, Any] = data_raw if isinstance(data_raw, dict) else {}
+    metrics: dict[str, Any] = {k: doc[k] for k in ("clean_accuracy", "robust_accuracy", "per_attack", "checks", "eps_curve",
                                    "iterations_curve", "corruptions", "mean_corruption_accuracy", "evaluate_seconds")
                if k in doc}
     metrics.update(eps=threat.get("eps"), norm=threat.get("norm"), test_samples=doc.get("n"),

@@ -41,7 +41,7 @@ from .._torch import model_guard
 from ..attacks import PGD
 from ..storage import atomic_save_safetensors, atomic_write_json, environment_info
 from ..storage.layout import ARTIFACTS_DIR, MANIFEST, MODEL_WEIGHTS, read_json
-from ..threat import ThreatModel
+from ..threat import ThreatModel, canonical_norm
 
 SCHEMA_VERSION = 1
 FILES = {
@@ -119,7 +119,7 @@ def _first_conv_stage(model: nn.Module) -> tuple[str, nn.Module] | None:
         parent_name, _, child = name.rpartition(".")
         parent = modules.get(parent_name)
         if isinstance(parent, nn.Sequential) and child.isdigit():
-            chosen = (name, mod)
+            chosen: tuple[str, nn.Module] = (name, mod)
             for i in range(int(child) + 1, len(parent)):
                 nxt = parent[i]
                 if isinstance(nxt, _POOL_LAYERS) or isinstance(nxt, (nn.Conv2d, nn.Linear, nn.Sequential)):
@@ -324,7 +324,7 @@ def write_artifacts(run_dir: str | Path, n_examples: int = 8, eps: float = 0.1, 
 
     if isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples < 1:
         raise ValueError(f"n_examples must be an integer >= 1, got {n_examples!r}")
-    threat = ThreatModel(norm, eps)
+    threat = ThreatModel(canonical_norm(norm), eps)
     if threat.eps <= 0:
         raise ValueError(f"eps must be > 0 for report artifacts, got {eps}")
     run = Path(run_dir)
@@ -404,7 +404,7 @@ def refresh_artifacts(runs: Sequence[str | Path], n_examples: int = 8, eps: floa
     (its manifest already has these eps, norm and n_examples), ``no-model`` (no weights: the
     report shows it without artifacts) or ``written``. The first run with artifacts is the
     others' ``compare_run``, so all runs show the same inputs where they can."""
-    threat = ThreatModel(norm, eps)
+    threat = ThreatModel(canonical_norm(norm), eps)
     first_with_artifacts = None
     for run in runs:
         have = read_manifest(run)

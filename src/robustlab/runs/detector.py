@@ -20,7 +20,7 @@ from typing import Any
 from ..attacks import ATTACKS, Attack, attack_options, build_attack
 from ..storage import atomic_write_json
 from ..storage.layout import METRICS_FILE
-from ..threat import ThreatModel
+from ..threat import ThreatModel, canonical_norm
 from .train import resolve_device
 
 ADAPTIVE_STEPS = 20  # the adaptive attack's steps when the training attack is not iterative
@@ -110,7 +110,7 @@ def detector_run(
     dev = resolve_device(device)
     src = model_source or ModelSource(run=None if run is None else str(run))
     model, (x_tr, y_tr), (x_te, y_te) = detector_data(src, data or DataSource(), dev, n_train, n_test)
-    threat = ThreatModel(norm, eps)
+    threat = ThreatModel(canonical_norm(norm), eps)
     atk, eval_atk = detector_attacks(attack, threat, steps, eval_steps, options, seed)
     t0 = time.perf_counter()
     det, metrics = detector_experiment(

@@ -28,7 +28,7 @@ from ..evaluation import EvaluationResult, clean_accuracy, corruption_metrics, e
 from ..evaluation.curves import iterations_attack_for
 from ..storage import atomic_save_safetensors, atomic_write_json, atomic_write_text, load_model
 from ..storage.layout import ATTACK_EXAMPLES, ATTACK_SUMMARY, EVALUATION_FILE, METRICS_FILE, read_json
-from ..threat import ThreatModel
+from ..threat import ThreatModel, canonical_norm
 from .evaluation_dir import evaluation_document, write_adversarial, write_evaluation_dir
 from .sources import DataSource, ModelSource, model_and_data
 from .train import resolve_device
@@ -155,7 +155,7 @@ def evaluate_run(
     eps_values = [float(e) for e in eps]
     if not eps_values:
         raise ValueError("--eps is empty")
-    threats = [ThreatModel(norm, e) for e in eps_values]
+    threats = [ThreatModel(canonical_norm(norm), e) for e in eps_values]
     names = None if attacks is None else [a.strip().lower() for a in attacks if a.strip()]
     if names is not None and suite:
         raise ValueError("give --attacks or --suite, not both")
@@ -180,7 +180,9 @@ def evaluate_run(
     metrics: dict[str, Any] = {"evaluated_samples": len(y), "evaluation_clean_accuracy": clean}
     if n is None and not data.given:
         metrics["clean_accuracy"] = clean
-    head, x_adv, curve = None, None, []
+    head: EvaluationResult | None = None
+    x_adv: torch.Tensor | None = None
+    curve: list[dict[str, Any]] = []
     if names is not None or suite:
         for k, (eps_value, threat) in enumerate(zip(eps_values, threats)):
             attack_list: Any = suite or [evaluation_attack(a, threat, steps, surrogate_model) for a in names or ()]
@@ -199,6 +201,7 @@ def evaluate_run(
             metrics["eps_curve"] = [{k: c[k] for k in ("eps", "robust_accuracy", "per_attack")} for c in curve]
     if iterations is not None:
         options = {"eot": 20} if suite == "autoattack-rand" else None
+        assert curve_attack is not None  # set above whenever iterations is
         metrics.update(iterations_metrics(net, x, y, threats[0], list(iterations), attack=curve_attack, options=options,
                                           batch_size=batch_size, progress=progress))
     if corruptions:
@@ -227,7 +230,7 @@ def _write_out(out: Path, metrics: dict[str, Any], head: EvaluationResult | None
     else:
         result = {"schema_version": 1, "n": len(y), "clean_accuracy": metrics["evaluation_clean_accuracy"]}
         counts = {"clean_correct": clean_n}
-    extra = {k: metrics[k] for k in ("eps_curve", "iterations_curve", "iterations_attack", "corruptions",
+    extra: dict[str, Any] = {k: metrics[k] for k in ("eps_curve", "iterations_curve", "iterations_attack", "corruptions",
                                      "corruptions_n", "mean_corruption_accuracy", "evaluate_seconds") if k in metrics}
     doc = evaluation_document(result, model=src.identity(), data=data_id, suite=suite, extra=extra, counts=counts)
     if _is_rank0():
@@ -263,7 +266,7 @@ def attack_run(
     data = data or DataSource()
     dev = resolve_device(device)
     model, x, y, info, data_id = model_and_data(src, data, dev, limit=n)
-    threat = ThreatModel(norm, eps)
+    threat = ThreatModel(canonical_norm(norm), eps)
     opts = dict(options or {})
     if steps is not None:
         opts["steps"] = steps

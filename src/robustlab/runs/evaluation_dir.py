@@ -108,7 +108,7 @@ def grid_png(x: torch.Tensor, x_adv: torch.Tensor, max_columns: int = 16, scale:
             top, left = pad + row * (h + pad), pad + j * (w + pad)
             canvas[top : top + h, left : left + w] = a
     im = Image.fromarray((canvas * 255).round().astype(np.uint8))
-    im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    im = im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
     buf = BytesIO()
     im.save(buf, format="PNG")
     return buf.getvalue()

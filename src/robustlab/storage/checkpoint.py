@@ -19,9 +19,9 @@ import contextvars
 import os
 import platform
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -198,7 +198,8 @@ def _build_from_entry(arch: dict[str, Any], path: Any, trust_code: bool) -> nn.M
         raise CheckpointError(f"cannot rebuild {entry} from {path}: {e}") from None
     norm = arch.get("normalize")
     if isinstance(norm, dict):
-        model = Normalized(model, norm.get("mean"), norm.get("std"))
+        # a checkpoint's "normalize" holds both lists (save writes them together)
+        model = Normalized(model, cast(Sequence[float], norm.get("mean")), cast(Sequence[float], norm.get("std")))
     model.robustlab_entry = {"entry": entry, "kwargs": arch.get("kwargs") or {}, **(norm or {})}  # type: ignore[assignment]
     return model
 

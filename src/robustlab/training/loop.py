@@ -204,8 +204,10 @@ def train(
         if sched is not None and state.get("scheduler") is not None:
             sched.load_state_dict(state["scheduler"])
         rngs = state.get("rng_ranks")  # every rank's generator (distributed runs); else rank 0's
-        same_world = isinstance(rngs, torch.Tensor) and rngs.dim() == 2 and len(rngs) == world
-        torch.set_rng_state(rngs[rank].clone() if same_world else state["rng"])
+        if isinstance(rngs, torch.Tensor) and rngs.dim() == 2 and len(rngs) == world:
+            torch.set_rng_state(rngs[rank].clone())
+        else:
+            torch.set_rng_state(state["rng"])
         history = list(state["history"])
         start_epoch = int(state["epoch"])
         start_batch = int(state.get("batch", 0))  # > 0: the run was interrupted mid-epoch

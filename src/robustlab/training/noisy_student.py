@@ -29,7 +29,7 @@ from .._torch import model_guard
 from ..attacks import PGD
 from ..storage import atomic_write_json
 from ..storage.layout import CONFIG_FILE, METRICS_FILE
-from ..threat import ThreatModel
+from ..threat import ThreatModel, canonical_norm
 from .loop import TrainConfig, accuracy, robust_accuracy_of, train, write_metrics
 from .objectives import Clean
 
@@ -172,7 +172,7 @@ def _evaluate(model: nn.Module, test: tuple[torch.Tensor, torch.Tensor], cfg: No
     n = len(x) if cfg.eval_n is None else min(int(cfg.eval_n), len(x))
     out: dict[str, Any] = {"clean_accuracy": clean, "test_samples": int(len(x))}
     if cfg.eval_steps > 0 and cfg.eval_eps > 0 and n > 0:
-        attack = PGD(ThreatModel(cfg.eval_norm, cfg.eval_eps), steps=cfg.eval_steps, seed=0, early_stop=True)
+        attack = PGD(ThreatModel(canonical_norm(cfg.eval_norm), cfg.eval_eps), steps=cfg.eval_steps, seed=0, early_stop=True)
         out[cfg.robust_metric] = robust_accuracy_of(attack, model, x[:n], y[:n], batch_size)
         out["robust_samples"] = n
         out["attack"] = repr(attack)
@@ -295,7 +295,7 @@ def run_noisy_student(
     li, ui = order[:labelled], order[labelled : labelled + unlabelled]
     if test_limit is not None:
         x_te, y_te = x_te[:test_limit], y_te[:test_limit]
-    spec = {"dataset": info.name, "data_root": data_root, "train_limit": None, "test_limit": test_limit,
+    spec: dict[str, Any] = {"dataset": info.name, "data_root": data_root, "train_limit": None, "test_limit": test_limit,
             "monitor": None, "training": {}}
     result = noisy_student(
         (x[li].to(dev), y[li].to(dev)), x[ui].to(dev), (x_te.to(dev), y_te.to(dev)), info.num_classes, cfg,

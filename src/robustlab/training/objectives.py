@@ -22,7 +22,7 @@ from torch import nn
 from ..attacks import FGSM, PGD, Attack, build_attack
 from ..distributed import unwrap
 from ..registry import check_options, lookup
-from ..threat import ThreatModel
+from ..threat import ThreatModel, canonical_norm
 
 Logs = dict[str, Any]
 
@@ -92,7 +92,7 @@ class _Adversarial(_Configured):
     """Shared plumbing: a threat model and the attack that crafts training examples."""
 
     def __init__(self, eps: float, norm: str, **options: Any) -> None:
-        self.threat = ThreatModel(norm, eps)
+        self.threat = ThreatModel(canonical_norm(norm), eps)
         self._options = {"eps": self.threat.eps, "norm": self.threat.norm, **options}
 
     def _labels(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, predicted: bool) -> torch.Tensor:

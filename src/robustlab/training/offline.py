@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..attacks import FGSM
-from ..threat import ThreatModel
+from ..threat import ThreatModel, canonical_norm
 from .loop import TrainConfig, accuracy, train
 from .objectives import Clean
 
@@ -41,7 +41,7 @@ def offline_retraining(
 
     The first model is written to ``run_dir/stage1``, the retrained one to ``run_dir``.
     """
-    threat = ThreatModel(norm, eps)
+    threat = ThreatModel(canonical_norm(norm), eps)
     fgsm = FGSM(threat)
     (x_tr, y_tr), (x_te, y_te) = train_data, test_data
     run = Path(run_dir) if run_dir is not None else None
