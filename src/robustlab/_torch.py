@@ -64,6 +64,14 @@ def check_float(name: str, value: object, minimum: float | None = None, strict: 
     return v
 
 
+def check_fraction(name: str, value: object, open_low: bool = False, open_high: bool = False) -> float:
+    """``value`` as a float in [0, 1], else ValueError; ``open_low`` excludes 0, ``open_high`` excludes 1."""
+    v = check_float(name, value, 0.0, strict=open_low)
+    if v > 1 or (open_high and v == 1):
+        raise ValueError(f"{name} must be in {'(' if open_low else '['}0, 1{')' if open_high else ']'}, got {value!r}")
+    return v
+
+
 def per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Reshape a per-sample vector ``v`` (shape [N]) to broadcast against ``like`` ([N, ...])."""
     return v.view(-1, *([1] * (like.dim() - 1)))

@@ -54,10 +54,10 @@ import warnings
 import torch
 from torch import nn
 
-from .._torch import check_float, check_int, per_sample
+from .._torch import check_fraction, check_int, per_sample
 from ..threat import ThreatModel
 from ._best import BestPoints
-from .base import Attack, is_adversarial
+from .base import Attack, OptGen, OptTensor, is_adversarial, refuse_target, target_runs
 from .losses import LossFn, get_loss
 
 
@@ -76,6 +76,22 @@ def checkpoints(steps: int) -> dict[int, int]:
             k = max(k - decrease, minimum)
             counter = 0
     return out
+
+
+def _rows(
+    idx: OptTensor, x: torch.Tensor, y: torch.Tensor, loss_target: OptTensor, succ_target: OptTensor, start: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, OptTensor, OptTensor, torch.Tensor]:
+    """The inputs of a run restricted to the samples ``idx`` (indices or a mask; all when None)."""
+    if idx is None:
+        return x, y, loss_target, succ_target, start
+    lt = None if loss_target is None else loss_target[idx]
+    stt = None if succ_target is None else succ_target[idx]
+    return x[idx], y[idx], lt, stt, start[idx]
+
+
+def _active(idx: OptTensor, keep: torch.Tensor, n: int) -> torch.Tensor:
+    """The batch indices of the samples still active: those of ``idx`` (all ``n`` when None) where ``keep``."""
+    return (torch.arange(n, device=keep.device) if idx is None else idx)[keep]
 
 
 class APGD(Attack):
@@ -112,10 +128,7 @@ class APGD(Attack):
         targeted_classes: int = 0,
         rho: float = 0.75,
         momentum: float = 0.75,
-        seed: int | None = None,
-        early_stop: bool = False,
-        eval_mode: bool = True,
-        eot: int = 1,
+        seed: int | None = None, early_stop: bool = False, eval_mode: bool = True, eot: int = 1,
         large_eps: bool | None = None,
     ) -> None:
         super().__init__(threat, loss=loss, eval_mode=eval_mode, seed=seed, early_stop=early_stop, eot=eot)
@@ -127,20 +140,15 @@ class APGD(Attack):
         self.large_eps = (threat.norm == "l1" and self.steps >= 10) if large_eps is None else bool(large_eps)
         self.restarts = check_int("restarts", restarts, 1)
         self.targeted_classes = check_int("targeted_classes", targeted_classes, 0)
-        self.rho = check_float("rho", rho, 0.0)
-        if self.rho > 1:
-            raise ValueError(f"rho must be in [0, 1], got {rho!r}")
-        self.momentum = check_float("momentum", momentum, 0.0, strict=True)
-        if self.momentum > 1:
-            raise ValueError(f"momentum must be in (0, 1], got {momentum!r}")
+        self.rho = check_fraction("rho", rho)
+        self.momentum = check_fraction("momentum", momentum, open_low=True)
         self.name = "apgd-" + ("t-" if self.targeted_classes else "") + str(self.loss_name).lower()
 
     def __repr__(self) -> str:
         t = self.threat
-        tc = f", targeted_classes={self.targeted_classes}" if self.targeted_classes else ""
         return (
             f"{type(self).__name__}(norm={t.norm}, eps={t.eps:g}, steps={self.steps}, "
-            f"restarts={self.restarts}, loss={self.loss_name}{tc}{self._eot_repr()})"
+            f"restarts={self.restarts}, loss={self.loss_name}{self._targets_repr()}{self._eot_repr()})"
         )
 
     # --- the attack ---------------------------------------------------------------------------
@@ -169,31 +177,15 @@ class APGD(Attack):
         scale = self.threat.magnitude(t).clamp_min(1e-12)
         return self.threat.clip_bounds(x + t * per_sample(self.threat.eps / scale, t))
 
-    def _attack(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        target: torch.Tensor | None,
-        generator: torch.Generator | None,
-    ) -> torch.Tensor:
+    def _attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: OptTensor, generator: OptGen) -> torch.Tensor:
         n = x.shape[0]
         with torch.no_grad():
             logits0 = self._logits(model, x)
-        num_classes = logits0.shape[1]
-        if target is not None and self.targeted_classes:
-            raise ValueError("APGD with targeted_classes > 0 chooses its own targets: do not pass target=")
+        refuse_target("APGD", target, self.targeted_classes)
         # samples already misclassified (or already at the target) need no attack
         best = BestPoints.unscored(x, is_adversarial(logits0, y, target))
-        runs: list[tuple[torch.Tensor | None, torch.Tensor | None]]
-        if self.targeted_classes:
-            k = min(self.targeted_classes, num_classes - 1)
-            ranked = logits0.scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
-            runs = [(ranked[:, j].contiguous(), None) for j in range(k)]  # (loss target, success target)
-            loss_fn = self._loss_for(num_classes, targeted=True)
-        else:
-            runs = [(target, target)]
-            loss_fn = self._loss_for(num_classes, targeted=target is not None)
+        runs = target_runs(logits0, y, target, self.targeted_classes)  # (loss target, success target)
+        loss_fn = self._loss_for(logits0.shape[1], targeted=bool(self.targeted_classes) or target is not None)
         for loss_target, succ_target in runs:
             for _ in range(self.restarts):
                 # Draw the start for the whole batch so the same seed gives the same starts
@@ -208,33 +200,15 @@ class APGD(Attack):
         return best.x
 
     def _run_once(
-        self,
-        model: nn.Module,
-        loss_fn: LossFn,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        loss_target: torch.Tensor | None,
-        succ_target: torch.Tensor | None,
-        start: torch.Tensor,
-        idx: torch.Tensor | None,
-        best: BestPoints,
+        self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, loss_target: OptTensor, succ_target: OptTensor,
+        start: torch.Tensor, idx: OptTensor, best: BestPoints,
     ) -> None:
-        def sub(t: torch.Tensor | None) -> torch.Tensor | None:
-            return t if (t is None or idx is None) else t[idx]
-
-        xs, ys, lt, stt, xa = sub(x), sub(y), sub(loss_target), sub(succ_target), sub(start)
-        assert xs is not None and ys is not None and xa is not None
+        xs, ys, lt, stt, xa = _rows(idx, x, y, loss_target, succ_target, start)
         project = self.threat.project
         direction = self.threat.steepest_direction
         alpha = self.momentum
 
-        def loss_and_grad(
-            xa: torch.Tensor, ys: torch.Tensor, lt: torch.Tensor | None
-        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            loss, grad, logits = self._loss_and_grad(model, xa, ys, lt, loss_fn)
-            return loss.to(xa.dtype), grad, logits
-
-        loss, grad, logits = loss_and_grad(xa, ys, lt)
+        loss, grad, logits = self._run_loss_and_grad(model, loss_fn, xa, ys, lt)
         best.update(xa, loss, is_adversarial(logits, ys, stt), idx)
 
         # per-sample state of this run
@@ -256,7 +230,7 @@ class APGD(Attack):
                 xa = z
             else:
                 xa = project(xa + a * (z - xa) + (1 - a) * momentum_term, xs)
-            loss, grad, logits = loss_and_grad(xa, ys, lt)
+            loss, grad, logits = self._run_loss_and_grad(model, loss_fn, xa, ys, lt)
             succ = is_adversarial(logits, ys, stt)
             best.update(xa, loss, succ, idx)
 
@@ -282,16 +256,20 @@ class APGD(Attack):
             if self.early_stop and i + 1 < self.steps:
                 keep = ~succ
                 if not bool(keep.all()):  # host sync: only in early-stop mode
-                    # the batch indices of the samples still active
-                    idx = (torch.arange(x.shape[0], device=x.device) if idx is None else idx)[keep]
+                    idx = _active(idx, keep, x.shape[0])
                     if idx.numel() == 0:
                         return
-                    xa, grad, xs, ys = xa[keep], grad[keep], xs[keep], ys[keep]
-                    lt = None if lt is None else lt[keep]
-                    stt = None if stt is None else stt[keep]
-                    x_prev, x_best, grad_best = x_prev[keep], x_best[keep], grad_best[keep]
+                    xs, ys, lt, stt, xa = _rows(keep, xs, ys, lt, stt, xa)
+                    grad, x_prev, x_best, grad_best = grad[keep], x_prev[keep], x_best[keep], grad_best[keep]
                     loss_best, loss_prev, n_incr = loss_best[keep], loss_prev[keep], n_incr[keep]
                     loss_best_last, reduced_last, eta = loss_best_last[keep], reduced_last[keep], eta[keep]
+
+    def _run_loss_and_grad(
+        self, model: nn.Module, loss_fn: LossFn, xa: torch.Tensor, ys: torch.Tensor, lt: OptTensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Loss (in ``xa``'s dtype), input gradient and logits at ``xa``: one step of a run."""
+        loss, grad, logits = self._loss_and_grad(model, xa, ys, lt, loss_fn)
+        return loss.to(xa.dtype), grad, logits
 
     # --- APGD-L1 --------------------------------------------------------------------------------
     def _l1_stages(self) -> list[tuple[float, int]]:
@@ -305,24 +283,11 @@ class APGD(Attack):
         return [(3 * eps, first), (2 * eps, second), (eps, self.steps - first - second)]
 
     def _run_l1(
-        self,
-        model: nn.Module,
-        loss_fn: LossFn,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        loss_target: torch.Tensor | None,
-        succ_target: torch.Tensor | None,
-        start: torch.Tensor,
-        idx: torch.Tensor | None,
-        best: BestPoints,
+        self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, loss_target: OptTensor, succ_target: OptTensor,
+        start: torch.Tensor, idx: OptTensor, best: BestPoints,
     ) -> None:
         """One APGD-L1 run (all its stages) on the samples ``idx``."""
-
-        def sub(t: torch.Tensor | None) -> torch.Tensor | None:
-            return t if (t is None or idx is None) else t[idx]
-
-        xs, ys, lt, stt, xa = sub(x), sub(y), sub(loss_target), sub(succ_target), sub(start)
-        assert xs is not None and ys is not None and xa is not None
+        xs, ys, lt, stt, xa = _rows(idx, x, y, loss_target, succ_target, start)
         stages = self._l1_stages()
         for j, (eps, steps) in enumerate(stages):
             last = j == len(stages) - 1
@@ -358,11 +323,7 @@ class APGD(Attack):
         def l0(t: torch.Tensor) -> torch.Tensor:
             return (t != 0).flatten(1).sum(dim=1).to(xs.dtype)
 
-        def loss_and_grad(xa: torch.Tensor, ys: torch.Tensor, lt: torch.Tensor | None):
-            loss, grad, logits = self._loss_and_grad(model, xa, ys, lt, loss_fn)
-            return loss.to(xa.dtype), grad, logits
-
-        loss, grad, logits = loss_and_grad(xa, ys, lt)
+        loss, grad, logits = self._run_loss_and_grad(model, loss_fn, xa, ys, lt)
         if best is not None:
             best.update(xa, loss, is_adversarial(logits, ys, stt), idx)
         x_best, loss_best, grad_best = xa.clone(), loss.clone(), grad.clone()
@@ -378,7 +339,7 @@ class APGD(Attack):
         for i in range(steps):
             direction = threat.sparse_direction(threat.free_gradient(grad, xa), keep)
             xa = threat.project(xa + per_sample(eta, xa) * direction, xs, eps)
-            loss, grad, logits = loss_and_grad(xa, ys, lt)
+            loss, grad, logits = self._run_loss_and_grad(model, loss_fn, xa, ys, lt)
             succ = is_adversarial(logits, ys, stt)
             if best is not None:
                 best.update(xa, loss, succ, idx)
@@ -400,12 +361,10 @@ class APGD(Attack):
             if best is not None and self.early_stop and i + 1 < steps:
                 active = ~succ
                 if not bool(active.all()):  # host sync: only in early-stop mode
-                    idx = (torch.arange(best.x.shape[0], device=xs.device) if idx is None else idx)[active]
+                    idx = _active(idx, active, best.x.shape[0])
                     if idx.numel() == 0:
                         break
-                    xa, grad, xs, ys = xa[active], grad[active], xs[active], ys[active]
-                    lt = None if lt is None else lt[active]
-                    stt = None if stt is None else stt[active]
-                    x_best, grad_best, loss_best = x_best[active], grad_best[active], loss_best[active]
+                    xs, ys, lt, stt, xa = _rows(active, xs, ys, lt, stt, xa)
+                    grad, x_best, grad_best, loss_best = grad[active], x_best[active], grad_best[active], loss_best[active]
                     keep, eta, sp_old = keep[active], eta[active], sp_old[active]
         return x_best

@@ -12,7 +12,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
 
 import torch
 from torch import nn
@@ -21,6 +21,10 @@ from .._torch import check_float, check_int, model_guard
 from ..threat import ThreatModel
 from ..validation import check_images, check_labels, check_logits, check_same_device
 from .losses import LossFn, get_loss
+
+#: Short names for the optional arguments of the attack hooks (``target``, ``generator``).
+OptTensor: TypeAlias = torch.Tensor | None
+OptGen: TypeAlias = torch.Generator | None
 
 
 @contextlib.contextmanager
@@ -81,6 +85,24 @@ def is_adversarial(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor |
     if target is not None:
         return pred == target
     return (pred != y) | ~torch.isfinite(logits).all(dim=1)
+
+
+def refuse_target(attack: str, target: OptTensor, targeted_classes: int) -> None:
+    """An attack that picks its own targets (``targeted_classes > 0``) takes no ``target=``."""
+    if target is not None and targeted_classes:
+        raise ValueError(f"{attack} with targeted_classes > 0 chooses its own targets: do not pass target=")
+
+
+def target_runs(logits: torch.Tensor, y: torch.Tensor, target: OptTensor, targeted_classes: int) -> list[tuple[OptTensor, OptTensor]]:
+    """The runs of an attack with ``targeted_classes`` (APGD-T, FAB-T), each a pair (class the run
+    aims at, success target): one run per ``targeted_classes`` highest-scoring non-true classes in
+    the clean ``logits`` (capped at classes - 1; success = misclassified), or with 0 the one run
+    at ``target``."""
+    if not targeted_classes:
+        return [(target, target)]
+    k = min(targeted_classes, logits.shape[1] - 1)
+    ranked = logits.scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
+    return [(ranked[:, j].contiguous(), None) for j in range(k)]
 
 
 def attack_labels(logits: torch.Tensor, n: int, y: torch.Tensor | None, target: torch.Tensor | None) -> torch.Tensor:
@@ -173,6 +195,11 @@ class Attack(ABC):
     def __repr__(self) -> str:
         t = self.threat
         return f"{type(self).__name__}(norm={t.norm}, eps={t.eps:g}{self._eot_repr()})"
+
+    def _targets_repr(self) -> str:
+        """``", targeted_classes=K"`` for an attack that picks its own K targets, else nothing."""
+        k = getattr(self, "targeted_classes", 0)
+        return f", targeted_classes={k}" if k else ""
 
     def _eot_repr(self) -> str:
         """``", eot=N"`` when the attack averages N draws (part of its budget), else nothing."""
@@ -270,12 +297,7 @@ class Attack(ABC):
     # --- for subclasses -------------------------------------------------------------------
     @abstractmethod
     def _attack(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        target: torch.Tensor | None,
-        generator: torch.Generator | None,
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: OptTensor, generator: OptGen
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | Crafted:
         """Return adversarial examples (optionally with per-sample query counts, or a
         :class:`Crafted` that also carries per-sample success measured on those points).

@@ -30,7 +30,7 @@ from torch import nn
 from .._torch import check_float, check_int, model_guard, per_sample
 from ..threat import ThreatModel
 from ..validation import check_logits
-from .base import Attack, AttackResult, attack_labels, is_adversarial
+from .base import Attack, AttackResult, OptGen, OptTensor, attack_labels, is_adversarial
 from .losses import LossFn, margin
 
 
@@ -63,9 +63,7 @@ class CW(Attack):
         initial_const: float = 1.0,
         binary_search_steps: int = 5,
         abort_early: bool = True,
-        eval_mode: bool = True,
-        seed: int | None = None,
-        eot: int = 1,
+        eval_mode: bool = True, seed: int | None = None, eot: int = 1,
     ) -> None:
         super().__init__(threat, loss="margin", eval_mode=eval_mode, seed=seed, eot=eot)
         self.steps = check_int("steps", steps, 1)
@@ -109,14 +107,7 @@ class CW(Attack):
         )
 
     # --- internals ----------------------------------------------------------------------------
-    def _attack(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        target: torch.Tensor | None,
-        generator: torch.Generator | None,
-    ) -> torch.Tensor:
+    def _attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: OptTensor, generator: OptGen) -> torch.Tensor:
         return self._search(model, x, y, target)[0]
 
     def _found(self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:

@@ -36,9 +36,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._torch import check_float, check_int, per_sample
+from .._torch import check_float, check_fraction, check_int, per_sample
 from ..threat import ThreatModel
-from .base import Attack, Crafted, is_adversarial
+from .base import Attack, Crafted, OptGen, OptTensor, is_adversarial, refuse_target, target_runs
 
 #: The dual of each norm (for the distance to a hyperplane, ``|f| / ||w||_dual``).
 _DUAL = {"linf": "l1", "l2": "l2", "l1": "linf"}
@@ -154,59 +154,36 @@ class FAB(Attack):
         eta: float = 1.05,
         beta: float = 0.9,
         final_search: int = 10,
-        seed: int | None = None,
-        early_stop: bool = False,
-        eval_mode: bool = True,
-        eot: int = 1,
+        seed: int | None = None, early_stop: bool = False, eval_mode: bool = True, eot: int = 1,
     ) -> None:
         super().__init__(threat, loss="ce", eval_mode=eval_mode, seed=seed, early_stop=early_stop, eot=eot)
         self.steps = check_int("steps", steps, 1)
         self.restarts = check_int("restarts", restarts, 1)
         self.targeted_classes = check_int("targeted_classes", targeted_classes, 0)
-        self.alpha_max = check_float("alpha_max", alpha_max, 0.0)
-        if self.alpha_max > 1:
-            raise ValueError(f"alpha_max must be in [0, 1], got {alpha_max!r}")
+        self.alpha_max = check_fraction("alpha_max", alpha_max)
         self.eta = check_float("eta", eta, 0.0, strict=True)
-        self.beta = check_float("beta", beta, 0.0)
-        if self.beta >= 1:
-            raise ValueError(f"beta must be in [0, 1), got {beta!r}")
+        self.beta = check_fraction("beta", beta, open_high=True)
         self.final_search = check_int("final_search", final_search, 0)
         self.loss_name = "boundary"
         self.name = "fab-t" if self.targeted_classes else "fab"
 
     def __repr__(self) -> str:
         t = self.threat
-        tc = f", targeted_classes={self.targeted_classes}" if self.targeted_classes else ""
         return (
             f"{type(self).__name__}(norm={t.norm}, eps={t.eps:g}, steps={self.steps}, restarts={self.restarts}"
-            f"{tc}, alpha_max={self.alpha_max:g}, eta={self.eta:g}, beta={self.beta:g}, "
+            f"{self._targets_repr()}, alpha_max={self.alpha_max:g}, eta={self.eta:g}, beta={self.beta:g}, "
             f"final_search={self.final_search})"
         )
 
     # --- the attack ---------------------------------------------------------------------------
-    def _attack(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        target: torch.Tensor | None,
-        generator: torch.Generator | None,
-    ) -> Crafted:
-        if target is not None and self.targeted_classes:
-            raise ValueError("FAB with targeted_classes > 0 chooses its own targets: do not pass target=")
+    def _attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: OptTensor, generator: OptGen) -> Crafted:
+        refuse_target("FAB", target, self.targeted_classes)
         with torch.no_grad():
             logits0 = self._logits(model, x)
-        num_classes = logits0.shape[1]
         best_x = x.clone()
         # samples already misclassified (or at the target) are adversarial at distance 0
         best_n = torch.where(is_adversarial(logits0, y, target), 0.0, float("inf")).to(x.dtype)
-        runs: list[tuple[torch.Tensor | None, torch.Tensor | None]]  # (linearised class, success target)
-        if self.targeted_classes:
-            k = min(self.targeted_classes, num_classes - 1)
-            ranked = logits0.scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
-            runs = [(ranked[:, j].contiguous(), None) for j in range(k)]
-        else:
-            runs = [(target, target)]
+        runs = target_runs(logits0, y, target, self.targeted_classes)  # (linearised class, success target)
         eps = self.threat.eps
         for lin_target, succ_target in runs:
             for restart in range(self.restarts):

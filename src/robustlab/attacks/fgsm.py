@@ -10,7 +10,7 @@ from torch import nn
 
 from .._torch import per_sample
 from ..threat import ThreatModel
-from .base import Attack
+from .base import Attack, OptGen, OptTensor
 from .losses import LossFn
 
 
@@ -36,20 +36,11 @@ class FGSM(Attack):
         threat: ThreatModel,
         loss: str | LossFn = "ce",
         *,
-        eval_mode: bool = True,
-        seed: int | None = None,
-        eot: int = 1,
+        eval_mode: bool = True, seed: int | None = None, eot: int = 1,
     ) -> None:
         super().__init__(threat, loss=loss, eval_mode=eval_mode, seed=seed, eot=eot)
 
-    def _attack(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        target: torch.Tensor | None,
-        generator: torch.Generator | None,
-    ) -> torch.Tensor:
+    def _attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: OptTensor, generator: OptGen) -> torch.Tensor:
         _, grad, _ = self._loss_and_grad(model, x, y, target)
         return self.threat.project(x + self._step(grad), x)
 

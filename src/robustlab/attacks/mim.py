@@ -35,11 +35,7 @@ class MIM(PGD):
         decay: float = 1.0,
         random_start: bool = False,
         restarts: int = 1,
-        loss: str | LossFn = "ce",
-        early_stop: bool = False,
-        eval_mode: bool = True,
-        seed: int | None = None,
-        eot: int = 1,
+        loss: str | LossFn = "ce", early_stop: bool = False, eval_mode: bool = True, seed: int | None = None, eot: int = 1,
     ) -> None:
         self.decay = check_float("decay", decay, 0.0)
         super().__init__(

@@ -25,7 +25,7 @@ from torch import nn
 from .._torch import check_float, check_int
 from ..threat import ThreatModel
 from ._best import BestPoints
-from .base import Attack, is_adversarial, resolve_step_size
+from .base import Attack, OptGen, OptTensor, is_adversarial, resolve_step_size
 from .losses import LossFn
 
 
@@ -49,17 +49,9 @@ class NES(Attack):
     uses_gradients = False
 
     def __init__(
-        self,
-        threat: ThreatModel,
-        steps: int = 50,
-        samples: int = 50,
-        sigma: float = 0.001,
-        step_size: float | None = None,
-        rel_step_size: float | None = None,
-        loss: str | LossFn = "margin",
-        seed: int | None = None,
-        eval_mode: bool = True,
-        batch_size: int = 4096,
+        self, threat: ThreatModel, steps: int = 50, samples: int = 50, sigma: float = 0.001,
+        step_size: float | None = None, rel_step_size: float | None = None,
+        loss: str | LossFn = "margin", seed: int | None = None, eval_mode: bool = True, batch_size: int = 4096,
     ) -> None:
         super().__init__(threat, loss=loss, eval_mode=eval_mode, seed=seed, early_stop=True)
         self.steps = check_int("steps", steps, 1)
@@ -92,12 +84,7 @@ class NES(Attack):
         return torch.cat(losses), torch.cat(succ)
 
     def _attack(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        target: torch.Tensor | None,
-        generator: torch.Generator | None,
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: OptTensor, generator: OptGen
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n = x.shape[0]
         pairs = self.samples // 2

@@ -7,7 +7,7 @@ from torch import nn
 
 from .._torch import per_sample
 from ..threat import ThreatModel
-from .base import Attack
+from .base import Attack, OptGen, OptTensor
 
 
 class Noise(Attack):
@@ -23,14 +23,7 @@ class Noise(Attack):
     def __init__(self, threat: ThreatModel, *, eval_mode: bool = True, seed: int | None = None) -> None:
         super().__init__(threat, eval_mode=eval_mode, seed=seed)
 
-    def _attack(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        target: torch.Tensor | None,
-        generator: torch.Generator | None,
-    ) -> torch.Tensor:
+    def _attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: OptTensor, generator: OptGen) -> torch.Tensor:
         eps = self.threat.eps
         if self.threat.norm == "linf":
             bits = torch.randint(0, 2, x.shape, generator=generator, device=x.device)

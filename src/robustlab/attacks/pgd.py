@@ -25,10 +25,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._torch import check_float, check_int, per_sample
+from .._torch import check_fraction, check_int, per_sample
 from ..threat import ThreatModel
 from ._best import BestPoints
-from .base import Attack, Crafted, is_adversarial, resolve_step_size
+from .base import Attack, Crafted, OptGen, OptTensor, is_adversarial, resolve_step_size
 from .losses import LossFn
 
 
@@ -71,10 +71,7 @@ class PGD(Attack):
         rel_step_size: float | None = None,
         random_start: bool = True,
         restarts: int = 1,
-        loss: str | LossFn = "ce",
-        early_stop: bool = False,
-        eval_mode: bool = True,
-        seed: int | None = None,
+        loss: str | LossFn = "ce", early_stop: bool = False, eval_mode: bool = True, seed: int | None = None,
         track_best: bool = True,
         eot: int = 1,
         sparsity: float | None = None,
@@ -82,9 +79,7 @@ class PGD(Attack):
         super().__init__(threat, loss=loss, eval_mode=eval_mode, seed=seed, early_stop=early_stop, eot=eot)
         if sparsity is not None and threat.norm != "l1":
             raise ValueError(f"sparsity applies to the L1 threat model only, got sparsity={sparsity!r} for {threat.norm}")
-        self.sparsity = 0.99 if sparsity is None else check_float("sparsity", sparsity, 0.0)
-        if self.sparsity >= 1:
-            raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+        self.sparsity = 0.99 if sparsity is None else check_fraction("sparsity", sparsity, open_high=True)
         self.track_best = bool(track_best)
         self.steps = check_int("steps", steps, 1)
         self.restarts = check_int("restarts", restarts, 1)
@@ -118,14 +113,7 @@ class PGD(Attack):
         return self.threat.free_gradient(grad, xa) if self.threat.norm == "l1" else grad
 
     # --- the attack ---------------------------------------------------------------------------
-    def _attack(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        target: torch.Tensor | None,
-        generator: torch.Generator | None,
-    ) -> Crafted:
+    def _attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: OptTensor, generator: OptGen) -> Crafted:
         best = BestPoints.unscored(x)
         for r in range(self.restarts):
             # Draw the start for the whole batch, so that early stop or not, the same seed gives

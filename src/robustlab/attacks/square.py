@@ -36,10 +36,10 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from .._torch import check_float, check_int, per_sample
+from .._torch import check_fraction, check_int, per_sample
 from ..threat import ThreatModel
 from ._best import BestPoints
-from .base import Attack, is_adversarial
+from .base import Attack, OptGen, OptTensor, is_adversarial
 from .losses import LossFn
 
 
@@ -116,22 +116,13 @@ class Square(Attack):
     uses_gradients = False
 
     def __init__(
-        self,
-        threat: ThreatModel,
-        queries: int = 1000,
-        p_init: float = 0.8,
-        restarts: int = 1,
-        loss: str | LossFn = "margin",
-        seed: int | None = None,
-        eval_mode: bool = True,
-        rescale_schedule: bool = True,
+        self, threat: ThreatModel, queries: int = 1000, p_init: float = 0.8, restarts: int = 1,
+        loss: str | LossFn = "margin", seed: int | None = None, eval_mode: bool = True, rescale_schedule: bool = True,
     ) -> None:
         # The search always stops per sample on success (early_stop is always on).
         super().__init__(threat, loss=loss, eval_mode=eval_mode, seed=seed, early_stop=True)
         self.queries = check_int("queries", queries, 1)
-        self.p_init = check_float("p_init", p_init, 0.0, strict=True)
-        if self.p_init > 1:
-            raise ValueError(f"p_init must be in (0, 1], got {p_init!r}")
+        self.p_init = check_fraction("p_init", p_init, open_low=True)
         self.restarts = check_int("restarts", restarts, 1)
         if not isinstance(rescale_schedule, bool):
             raise ValueError(f"rescale_schedule must be True or False, got {rescale_schedule!r}")
@@ -147,12 +138,7 @@ class Square(Attack):
 
     # --- the attack ---------------------------------------------------------------------------
     def _attack(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        target: torch.Tensor | None,
-        generator: torch.Generator | None,
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: OptTensor, generator: OptGen
     ) -> tuple[torch.Tensor, torch.Tensor]:
         shape = x.shape
         x4 = _as_images(x)

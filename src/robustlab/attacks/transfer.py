@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..threat import ThreatModel
-from .base import Attack
+from .base import Attack, OptGen, OptTensor
 from .pgd import PGD
 
 
@@ -40,8 +40,7 @@ class Transfer(Attack):
         threat: ThreatModel,
         surrogate: nn.Module,
         attack: Attack | None = None,
-        seed: int | None = 0,
-        eval_mode: bool = True,
+        seed: int | None = 0, eval_mode: bool = True,
     ) -> None:
         super().__init__(threat, eval_mode=eval_mode, seed=seed)
         if not isinstance(surrogate, nn.Module):
@@ -65,12 +64,5 @@ class Transfer(Attack):
 
         return cls(threat, load_model(path, map_location=map_location), **kw)
 
-    def _attack(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        target: torch.Tensor | None,
-        generator: torch.Generator | None,
-    ) -> torch.Tensor:
+    def _attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: OptTensor, generator: OptGen) -> torch.Tensor:
         return self.attack.run(self.surrogate, x, y, target=target).x_adv

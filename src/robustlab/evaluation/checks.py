@@ -86,6 +86,14 @@ def _robust_under(
     return run_attack(model, x, y, attack, batch_size, only=None if only is None else only.to(x.device)).robust
 
 
+def _newly_broken(before: torch.Tensor, after: torch.Tensor, tol: float) -> tuple[int, float, bool]:
+    """Of the samples robust in ``before``, how many ``after`` no longer counts robust, that number
+    as a fraction of all samples, and whether the fraction is within ``tol``."""
+    newly = int((before & ~after).sum())
+    frac = newly / max(len(before), 1)
+    return newly, frac, frac <= tol
+
+
 def _pgd(threat: ThreatModel, steps: int, restarts: int = 1, seed: int = 0) -> PGD:
     return PGD(threat, steps=steps, restarts=restarts, loss="ce", seed=seed, early_stop=True)
 
@@ -221,10 +229,7 @@ def check_gradients(
 
 
 def _eps_monotonic(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    threat: ThreatModel,
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
     curve: Sequence[dict[str, Any]] | None,
     scale: float,
     tol: float,
@@ -259,14 +264,9 @@ def _eps_monotonic(
 
 
 def check_eps_monotonic(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    threat: ThreatModel,
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
     curve: Sequence[dict[str, Any]] | None = None,
-    scale: float = 1.0,
-    tol: float = TOL,
-    batch_size: int = 500,
+    scale: float = 1.0, tol: float = TOL, batch_size: int = 500,
 ) -> dict[str, Any]:
     """WARN if robust accuracy grows with eps by more than ``tol`` (from ``curve``, a list of
     ``{"eps", "robust_accuracy"}``, or from PGD at 0.5x, 1x and 2x eps)."""
@@ -274,10 +274,7 @@ def check_eps_monotonic(
 
 
 def check_large_eps(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    threat: ThreatModel,
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
     scale: float = 1.0,
     max_accuracy: float = 0.1,
     batch_size: int = 500,
@@ -294,10 +291,7 @@ def check_large_eps(
 
 
 def _more_iterations(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    threat: ThreatModel,
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
     reference: torch.Tensor | None,
     reference_label: str,
     scale: float,
@@ -312,10 +306,7 @@ def _more_iterations(
     strong_steps, restarts = 5 * steps, 3
     strong = _robust_under(model, x, y, _pgd(threat, strong_steps, restarts, seed=2), only=reference, batch_size=batch_size)
     strong = strong & reference
-    n = len(reference)
-    newly = int((reference & ~strong).sum())
-    frac = newly / max(n, 1)
-    ok = frac <= tol
+    newly, _, ok = _newly_broken(reference, strong, tol)
     ev = (
         f"PGD-CE with {strong_steps} steps x {restarts} restarts lowers robust accuracy from "
         f"{_pct(float(reference.float().mean()))} ({reference_label}) to {_pct(float(strong.float().mean()))}"
@@ -332,14 +323,9 @@ def _more_iterations(
 
 
 def check_more_iterations(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    threat: ThreatModel,
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
     reference: torch.Tensor | None = None,
-    scale: float = 1.0,
-    tol: float = TOL,
-    batch_size: int = 500,
+    scale: float = 1.0, tol: float = TOL, batch_size: int = 500,
 ) -> dict[str, Any]:
     """WARN if 5x the PGD steps with 3 restarts breaks more than ``tol`` of the samples that
     ``reference`` (per-sample robust bools; default: plain PGD) reports robust."""
@@ -349,29 +335,27 @@ def check_more_iterations(
 def _beyond_whitebox(
     name: str,
     label: str,
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
     attacks: Sequence[Attack],
-    whitebox_robust: torch.Tensor,
-    tol: float,
-    batch_size: int,
-    extra: str = "",
+    whitebox_robust: torch.Tensor | None,
+    scale: float, tol: float, batch_size: int,
+    **values: Any,
 ) -> dict[str, Any]:
+    """The check ``name``: WARN if ``attacks`` break more than ``tol`` of the samples the white-box
+    attacks left robust (``whitebox_robust``; None: plain PGD's). ``values`` join the result's."""
+    if whitebox_robust is None:
+        whitebox_robust = _default_whitebox(model, x, y, threat, scale, batch_size)
     wb = whitebox_robust.cpu()
     alive = wb.clone()
     for a in attacks:
         alive &= _robust_under(model, x, y, a, only=alive, batch_size=batch_size) | ~alive
-    n = len(wb)
-    newly = int((wb & ~alive).sum())
-    frac = newly / max(n, 1)
-    ok = frac <= tol
+    newly, frac, ok = _newly_broken(wb, alive, tol)
     ev = (
-        f"{label} broke {newly} of {n} samples ({_pct(frac)}) that the white-box attacks left robust "
+        f"{label} broke {newly} of {len(wb)} samples ({_pct(frac)}) that the white-box attacks left robust "
         f"(white-box {_pct(float(wb.float().mean()))}, combined {_pct(float(alive.float().mean()))})"
     )
     if not ok:
-        ev += f": {label} is stronger than the gradient attacks, a sign of gradient masking{extra}"
+        ev += f": {label} is stronger than the gradient attacks, a sign of gradient masking"
     return _check(
         name,
         ok,
@@ -380,6 +364,7 @@ def _beyond_whitebox(
         combined_accuracy=float(alive.float().mean()),
         newly_broken=newly,
         fraction=frac,
+        **values,
     )
 
 
@@ -389,50 +374,34 @@ def _default_whitebox(model, x, y, threat, scale, batch_size) -> torch.Tensor:
 
 
 def check_blackbox(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    threat: ThreatModel,
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
     whitebox_robust: torch.Tensor | None = None,
-    scale: float = 1.0,
-    tol: float = TOL,
+    scale: float = 1.0, tol: float = TOL,
     surrogate: nn.Module | None = None,
     batch_size: int = 500,
 ) -> dict[str, Any]:
     """WARN if Square (and a transfer attack from ``surrogate``, if given) breaks more than ``tol``
     of the samples the white-box attacks left robust (default white-box: plain PGD)."""
-    if whitebox_robust is None:
-        whitebox_robust = _default_whitebox(model, x, y, threat, scale, batch_size)
     queries = _n(1000, scale)
     attacks: list[Attack] = [Square(threat, queries=queries, seed=0)]
     label = f"Square ({queries} queries)"
     if surrogate is not None:
         attacks.append(Transfer(threat, surrogate, seed=0))
         label += " + transfer"
-    out = _beyond_whitebox("black-box", label, model, x, y, attacks, whitebox_robust, tol, batch_size)
-    out["values"]["queries"] = queries
-    return out
+    return _beyond_whitebox("black-box", label, model, x, y, threat, attacks, whitebox_robust, scale, tol, batch_size, queries=queries)
 
 
 def check_noise(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    threat: ThreatModel,
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
     whitebox_robust: torch.Tensor | None = None,
-    scale: float = 1.0,
-    tol: float = TOL,
-    batch_size: int = 500,
+    scale: float = 1.0, tol: float = TOL, batch_size: int = 500,
 ) -> dict[str, Any]:
     """WARN if random noise of full size eps breaks more than ``tol`` of the samples the white-box
     attacks left robust (noise must be weaker than gradients)."""
-    if whitebox_robust is None:
-        whitebox_robust = _default_whitebox(model, x, y, threat, scale, batch_size)
     draws = _n(10, scale)
     attacks = [Noise(threat, seed=s) for s in range(draws)]
-    out = _beyond_whitebox("noise", f"random noise ({draws} draws)", model, x, y, attacks, whitebox_robust, tol, batch_size)
-    out["values"]["draws"] = draws
-    return out
+    label = f"random noise ({draws} draws)"
+    return _beyond_whitebox("noise", label, model, x, y, threat, attacks, whitebox_robust, scale, tol, batch_size, draws=draws)
 
 
 # --- all together ----------------------------------------------------------------------------
@@ -455,13 +424,9 @@ def whitebox_robust_from_result(result: EvaluationResult, whitebox_names: Sequen
 
 
 def run_checks(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    threat: ThreatModel,
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
     result: EvaluationResult | None = None,
-    scale: float = 1.0,
-    tol: float = TOL,
+    scale: float = 1.0, tol: float = TOL,
     eps_curve: Sequence[dict[str, Any]] | None = None,
     surrogate: nn.Module | None = None,
     whitebox_names: Sequence[str] | None = None,

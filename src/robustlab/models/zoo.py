@@ -111,14 +111,9 @@ class SmallCNN(nn.Module):
         batchnorm: bool = False,
         activation: str = "relu",
         dropout: float = 0.0,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        denoise: str | None = None,
-        denoise_stages: Sequence[int] | None = None,
-        denoise_embed: str = "gaussian",
-        denoise_conv: bool = True,
-        denoise_residual: bool = True,
-        denoise_options: dict[str, Any] | None = None,
+        mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+        denoise: str | None = None, denoise_stages: Sequence[int] | None = None, denoise_embed: str = "gaussian",
+        denoise_conv: bool = True, denoise_residual: bool = True, denoise_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         c1, c2 = channels
@@ -229,14 +224,9 @@ class ResNet18(nn.Module):
         input_size: int = 32,
         width: int = 64,
         activation: str = "relu",
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        denoise: str | None = None,
-        denoise_stages: Sequence[int] | None = None,
-        denoise_embed: str = "gaussian",
-        denoise_conv: bool = True,
-        denoise_residual: bool = True,
-        denoise_options: dict[str, Any] | None = None,
+        mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+        denoise: str | None = None, denoise_stages: Sequence[int] | None = None, denoise_embed: str = "gaussian",
+        denoise_conv: bool = True, denoise_residual: bool = True, denoise_options: dict[str, Any] | None = None,
         stochastic_depth: float = 0.0,
     ) -> None:
         super().__init__()

@@ -24,20 +24,8 @@ import numpy as np
 from ..evaluation.corruptions import mean_corruption_accuracy
 from ..storage import atomic_write_text
 from ..storage.layout import REPORT_FILE
+from . import plots
 from .data import RunData, class_label, example_captions, finite_number, monitor_label, percent, read_run, run_summary
-from .plots import (
-    plot_accuracy_history,
-    plot_adversarial_examples,
-    plot_class_visualisations,
-    plot_comparison,
-    plot_corruptions,
-    plot_eps_comparison,
-    plot_eps_curve,
-    plot_feature_maps,
-    plot_filters,
-    plot_iterations_curve,
-    plot_loss_surface,
-)
 
 STATUS_COLOURS = {"PASS": "#1a7f37", "WARN": "#b35900", "FAIL": "#c62828"}
 
@@ -174,11 +162,11 @@ def _comparison_section(page: _Page, runs: Sequence[RunData], rows: list[dict[st
     if not any(r["clean_accuracy"] is not None or r["robust_accuracy"] is not None for r in rows):
         return "\n".join([*parts, _missing("No accuracies recorded in any run's metrics.json.")])
     parts.append('<div class="grid"><div class="card">'
-                 + page.figure("comparison", plot_comparison, rows, alt="clean vs robust accuracy per run") + "</div>")
+                 + page.figure("comparison", plots.plot_comparison, rows, alt="clean vs robust accuracy per run") + "</div>")
     curves = {d.title: d.eps_curve for d in runs if len(d.eps_curve) > 1}
     if len(curves) > 1:
-        parts.append('<div class="card">'
-                     + page.figure("comparison-eps", plot_eps_comparison, curves, alt="robust accuracy vs eps for all runs") + "</div>")
+        alt = "robust accuracy vs eps for all runs"
+        parts.append('<div class="card">' + page.figure("comparison-eps", plots.plot_eps_comparison, curves, alt=alt) + "</div>")
     parts.append("</div>")
     base = rows[0]
     body = [[(f"<b>{_e(r['title'])}</b>", False), (_e(percent(r["clean_accuracy"])), True),
@@ -223,20 +211,20 @@ def _accuracy(page: _Page, d: RunData, slug: str) -> str:
         return _missing("No history.jsonl: accuracy over epochs not available.")
     if not any(finite_number(h.get("clean_accuracy")) is not None for h in d.history):
         return _missing("history.jsonl has no test accuracies (trained without test data).")
-    return page.figure(f"{slug}-accuracy", plot_accuracy_history, d.history, adv_label=monitor_label(d),
+    return page.figure(f"{slug}-accuracy", plots.plot_accuracy_history, d.history, adv_label=monitor_label(d),
                        alt=f"accuracy over epochs, {d.title}")
 
 
 def _robustness_curves(page: _Page, d: RunData, slug: str) -> str:
     if len(d.eps_curve) > 1:
-        eps = page.figure(f"{slug}-eps", plot_eps_curve, d.eps_curve, clean_accuracy=finite_number(d.metrics.get("clean_accuracy")),
+        eps = page.figure(f"{slug}-eps", plots.plot_eps_curve, d.eps_curve, clean_accuracy=finite_number(d.metrics.get("clean_accuracy")),
                           alt=f"robust accuracy vs eps, {d.title}")
     else:
         ev = d.evaluation
         one = f" (only eps={ev['eps']:g} evaluated)" if finite_number(ev.get("eps")) is not None else ""
         eps = _missing(f"No robust-accuracy curve over eps{one}; run robustlab evaluate RUN --eps 0.05,0.1,0.2.")
     if len(d.iterations_curve) > 1:
-        steps = page.figure(f"{slug}-iterations", plot_iterations_curve, d.iterations_curve,
+        steps = page.figure(f"{slug}-iterations", plots.plot_iterations_curve, d.iterations_curve,
                             alt=f"robust accuracy vs attack iterations, {d.title}")
     else:
         steps = _missing("No robust accuracy vs attack iterations recorded.")
@@ -247,7 +235,7 @@ def _corruptions(page: _Page, d: RunData, slug: str) -> str:
     table = d.metrics.get("corruptions")
     if not isinstance(table, dict) or not table:
         return _missing("No corruption table; run robustlab evaluate RUN --corruptions.")
-    return page.figure(f"{slug}-corruptions", plot_corruptions, table,
+    return page.figure(f"{slug}-corruptions", plots.plot_corruptions, table,
                        clean_accuracy=finite_number(d.metrics.get("evaluation_clean_accuracy", d.metrics.get("clean_accuracy"))),
                        alt=f"accuracy under common corruptions, {d.title}")
 
@@ -282,7 +270,7 @@ def _artifact(d: RunData, key: str, what: str) -> dict[str, Any]:
 def _examples(page: _Page, d: RunData, slug: str) -> str:
     sec = _artifact(d, "examples", "Adversarial examples")
     caps = example_captions(sec["data"], d.class_names)
-    img = page.figure(f"{slug}-examples", plot_adversarial_examples, sec["data"], d.class_names,
+    img = page.figure(f"{slug}-examples", plots.plot_adversarial_examples, sec["data"], d.class_names,
                       eps=finite_number(d.artifacts["manifest"].get("eps")), alt=f"adversarial examples, {d.title}: " + "; ".join(caps))
     fooled = int(np.asarray(sec["data"]["success"]).sum())
     head = (f'<p class="note">{_e(sec["meta"].get("attack", "PGD"))} on {len(caps)} correctly classified test images '
@@ -296,7 +284,7 @@ def _feature_maps(page: _Page, d: RunData, slug: str) -> str:
     layers = sec["meta"].get("layers") or []
     note = (f'<p class="note">Test image {_e(sec["meta"].get("index"))}; for each layer the channel whose activation the '
             "attack changes most. " + ("" if len(layers) > 1 else "No denoising block in this model.") + "</p>")
-    return note + page.figure(f"{slug}-features", plot_feature_maps, sec["data"], layers, alt=f"feature maps, {d.title}")
+    return note + page.figure(f"{slug}-features", plots.plot_feature_maps, sec["data"], layers, alt=f"feature maps, {d.title}")
 
 
 def _loss_surface(page: _Page, d: RunData, slug: str) -> str:
@@ -307,7 +295,7 @@ def _loss_surface(page: _Page, d: RunData, slug: str) -> str:
     note = (f'<p class="note">Test image {_e(meta.get("index"))}, true class {_e(class_label(d, meta.get("label")))}: '
             f"loss {centre:.3f} at the clean input, max {loss.max():.3f} over the grid. A smooth bowl suggests honest "
             "gradients; a jagged or flat surface with a sharp rise away from the centre suggests gradient masking.</p>")
-    return note + page.figure(f"{slug}-loss-surface", plot_loss_surface, arr["coords"], loss,
+    return note + page.figure(f"{slug}-loss-surface", plots.plot_loss_surface, arr["coords"], loss,
                               eps=finite_number(d.artifacts["manifest"].get("eps")), alt=f"loss surface, {d.title}")
 
 
@@ -315,13 +303,13 @@ def _filters(page: _Page, d: RunData, slug: str) -> str:
     sec = _artifact(d, "filters", "First-layer filters")
     meta = sec["meta"]
     what = "first-layer filters" if meta.get("kind") != "linear" else "first-layer weights"
-    return page.figure(f"{slug}-filters", plot_filters, sec["data"]["weight"], title=f"{what} ({meta.get('layer', '')})",
+    return page.figure(f"{slug}-filters", plots.plot_filters, sec["data"]["weight"], title=f"{what} ({meta.get('layer', '')})",
                        alt=f"{what}, {d.title}")
 
 
 def _class_visualisations(page: _Page, d: RunData, slug: str) -> str:
     sec = _artifact(d, "class_visualisations", "Class visualisations")
-    return page.figure(f"{slug}-classes", plot_class_visualisations, sec["data"]["images"], d.class_names,
+    return page.figure(f"{slug}-classes", plots.plot_class_visualisations, sec["data"]["images"], d.class_names,
                        probabilities=sec["meta"].get("target_probability"), alt=f"class visualisations, {d.title}")
 
 
