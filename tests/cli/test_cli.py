@@ -179,8 +179,8 @@ def test_monitor_spec():
         monitor_spec("pgd", 0.0)
 
 
-def test_argv_without_nproc():
-    from robustlab.cli import _argv_without_nproc
+def testargv_without_nproc():
+    from robustlab.cli import argv_without_nproc
 
-    assert _argv_without_nproc(["train", "--nproc", "2", "--out", "r", "--nproc=3", "--quiet"]) == [
+    assert argv_without_nproc(["train", "--nproc", "2", "--out", "r", "--nproc=3", "--quiet"]) == [
         "train", "--out", "r", "--quiet"]

@@ -38,7 +38,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .._torch import model_guard
@@ -49,10 +48,19 @@ from ..attacks.square import Square
 from ..attacks.transfer import Transfer
 from ..threat import ThreatModel
 from ..validation import check_images, check_labels, check_logits, check_same_device
+from .model_checks import (
+    EOT_MIN,
+    PASS,
+    TOL,
+    WARN,
+    check_gradients,
+    check_randomised,
+    check_result,
+    check_softmax_output,
+    pct,
+)
 from .outcomes import EvaluationResult, run_attack
 
-PASS, WARN = "PASS", "WARN"
-TOL = 0.02
 # Outcome names that do not come from gradient attacks (used when a result is given without the
 # list of white-box attack names).
 BLACKBOX_PREFIXES = ("square", "nes", "transfer", "noise")
@@ -60,14 +68,6 @@ BLACKBOX_PREFIXES = ("square", "nes", "transfer", "noise")
 
 def _n(base: int, scale: float) -> int:
     return max(1, int(round(base * scale)))
-
-
-def _check(name: str, ok: bool, evidence: str, **values: Any) -> dict[str, Any]:
-    return {"name": name, "status": PASS if ok else WARN, "evidence": evidence, "values": values}
-
-
-def _pct(v: float) -> str:
-    return f"{100 * v:.1f}%"
 
 
 def _robust_under(
@@ -109,125 +109,6 @@ def _big_eps(threat: ThreatModel, x: torch.Tensor) -> float:
 
 # --- individual checks ---------------------------------------------------------------------
 #: EOT draws from which gradient attacks count as prepared for a randomised model.
-EOT_MIN = 10
-
-
-def check_randomised(
-    model: nn.Module,
-    x: torch.Tensor,
-    draws: int = 4,
-    samples: int = 256,
-    eot: int | None = None,
-    batch_size: int = 500,
-) -> dict[str, Any]:
-    """WARN if the model is randomised: ``draws`` forward passes of the first ``samples`` inputs
-    (eval mode) give logits that differ by more than 1e-5 of a row's L2 norm (AutoAttack's
-    check_randomized, with more draws). ``eot``: the fewest EOT draws any gradient attack of the
-    evaluation used; from :data:`EOT_MIN` on, a randomised model passes (the evaluation already
-    averages over its randomness)."""
-    draws = max(2, int(draws))
-    xs = x[: max(1, int(samples))]
-    with torch.no_grad(), model_guard(model):
-        outs = [
-            torch.cat([model(xs[i : i + batch_size]) for i in range(0, len(xs), batch_size)]).double()
-            for _ in range(draws)
-        ]
-    ref = outs[0]
-    scale = ref.norm(dim=1).clamp_min(1e-12)
-    rel = torch.stack([((o - ref).abs().amax(1) / scale) for o in outs[1:]]).amax(0)
-    rel = torch.nan_to_num(rel, nan=float("inf"))
-    differs = float((rel > 1e-5).float().mean())
-    preds = torch.stack([o.argmax(1) for o in outs])
-    flips = float((preds != preds[:1]).any(0).float().mean())
-    randomised = differs > 0
-    used = int(eot) if eot is not None else None
-    ok = not randomised or (used is not None and used >= EOT_MIN)
-    if not randomised:
-        ev = f"{draws} forward passes of {len(xs)} inputs give identical logits: the model is deterministic"
-    else:
-        ev = (
-            f"{draws} forward passes of the same {len(xs)} inputs (eval mode) give different logits on "
-            f"{_pct(differs)} of them (largest change {float(rel.max()):.3g} of the logits' norm; the "
-            f"prediction changes on {_pct(flips)}): the model is randomised"
-        )
-        if ok:
-            ev += f", and the gradient attacks average over {used} draws (EOT)"
-        else:
-            few = f"average over only {used} draws" if used and used > 1 else "use one draw per gradient"
-            ev += (
-                f" and the gradient attacks {few}: single-draw gradients overestimate robustness; evaluate "
-                "with --suite autoattack-rand (APGD-CE and APGD-DLR with EOT over 20 draws) or give the "
-                "attacks eot=20 (robustlab attack --attack-option eot=20)"
-            )
-    return _check(
-        "randomised",
-        ok,
-        ev,
-        draws=draws,
-        samples=len(xs),
-        differing_fraction=differs,
-        max_relative_change=float(rel.max()) if math.isfinite(float(rel.max())) else None,
-        prediction_change_fraction=flips,
-        attack_eot=used,
-    )
-
-
-def check_softmax_output(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> dict[str, Any]:
-    """WARN if the model's outputs look like probabilities (rows >= 0 summing to 1)."""
-    with torch.no_grad(), model_guard(model):
-        out = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]).double()
-    prob_like = (out >= 0).all(1) & ((out.sum(1) - 1).abs() < 1e-3)
-    frac = float(prob_like.float().mean())
-    ok = frac <= 0.5
-    ev = (
-        f"{_pct(frac)} of output rows are nonnegative and sum to 1: the model seems to return "
-        "probabilities, not logits (attacks on CE then see flat gradients); evaluate the logits"
-        if not ok
-        else f"outputs look like logits ({_pct(frac)} of rows look like probabilities)"
-    )
-    return _check("softmax-output", ok, ev, probability_like_fraction=frac)
-
-
-def check_gradients(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, tol: float = TOL, batch_size: int = 500
-) -> dict[str, Any]:
-    """WARN if the CE input gradient is exactly zero or not finite on more than ``tol`` of the
-    correctly classified samples (shattered / saturated gradients)."""
-    norms, correct = [], []
-    with model_guard(model):
-        for i in range(0, len(x), batch_size):
-            xb = x[i : i + batch_size].detach().clone().requires_grad_(True)
-            with torch.enable_grad():
-                logits = model(xb)
-                loss = F.cross_entropy(logits, y[i : i + batch_size], reduction="sum")
-                (g,) = torch.autograd.grad(loss, xb)
-            norms.append(g.detach().flatten(1).norm(dim=1).double().cpu())
-            correct.append((logits.detach().argmax(1) == y[i : i + batch_size]).cpu())
-    norm, corr = torch.cat(norms), torch.cat(correct)
-    sel = norm[corr] if bool(corr.any()) else norm
-    zero = float((sel == 0).float().mean())
-    nonfinite = float((~torch.isfinite(sel)).float().mean())
-    finite = sel[torch.isfinite(sel)]
-    median = float(finite.median()) if finite.numel() else float("nan")
-    ok = zero + nonfinite <= tol
-    ev = (
-        f"CE input gradient is zero on {_pct(zero)} and NaN/inf on {_pct(nonfinite)} of "
-        f"{sel.numel()} correctly classified samples (median norm {median:.3g})"
-    )
-    if not ok:
-        ev += ": gradient attacks cannot move these points (saturated softmax, quantisation, "
-        ev += "non-differentiable layers); trust only gradient-free or DLR-based results"
-    return _check(
-        "gradients",
-        ok,
-        ev,
-        zero_fraction=zero,
-        nonfinite_fraction=nonfinite,
-        median_norm=median if math.isfinite(median) else None,
-        samples=int(sel.numel()),
-    )
-
-
 def _eps_monotonic(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
     curve: Sequence[dict[str, Any]] | None,
@@ -251,14 +132,14 @@ def _eps_monotonic(
             pts.append((eps, float(r.float().mean())))
         source = f"PGD-CE ({_n(40, scale)} steps)"
     rises = [(a, b) for a, b in zip(pts, pts[1:]) if b[1] > a[1] + tol]
-    curve_txt = ", ".join(f"{e:g}: {_pct(a)}" for e, a in pts)
+    curve_txt = ", ".join(f"{e:g}: {pct(a)}" for e, a in pts)
     if rises:
         (e0, a0), (e1, a1) = rises[0]
-        ev = f"robust accuracy rises with eps ({_pct(a0)} at {e0:g} -> {_pct(a1)} at {e1:g}) under {source}; curve {curve_txt}"
+        ev = f"robust accuracy rises with eps ({pct(a0)} at {e0:g} -> {pct(a1)} at {e1:g}) under {source}; curve {curve_txt}"
     else:
         ev = f"robust accuracy is non-increasing in eps under {source}: {curve_txt}"
     return (
-        _check("eps-monotonic", not rises, ev, eps=[p[0] for p in pts], robust_accuracy=[p[1] for p in pts]),
+        check_result("eps-monotonic", not rises, ev, eps=[p[0] for p in pts], robust_accuracy=[p[1] for p in pts]),
         base_robust,
     )
 
@@ -285,9 +166,9 @@ def check_large_eps(
     r = _robust_under(model, x, y, _pgd(threat.with_eps(eps), steps, seed=1), batch_size=batch_size)
     acc = float(r.float().mean())
     ok = acc <= max_accuracy
-    ev = f"PGD-CE ({steps} steps) at eps={eps:g} leaves {_pct(acc)} accuracy"
-    ev += "" if ok else f" (> {_pct(max_accuracy)}): the attack cannot even win with an unbounded budget; gradients are likely masked"
-    return _check("large-eps", ok, ev, eps=eps, robust_accuracy=acc, threshold=max_accuracy)
+    ev = f"PGD-CE ({steps} steps) at eps={eps:g} leaves {pct(acc)} accuracy"
+    ev += "" if ok else f" (> {pct(max_accuracy)}): the attack cannot even win with an unbounded budget; gradients are likely masked"
+    return check_result("large-eps", ok, ev, eps=eps, robust_accuracy=acc, threshold=max_accuracy)
 
 
 def _more_iterations(
@@ -309,9 +190,9 @@ def _more_iterations(
     newly, _, ok = _newly_broken(reference, strong, tol)
     ev = (
         f"PGD-CE with {strong_steps} steps x {restarts} restarts lowers robust accuracy from "
-        f"{_pct(float(reference.float().mean()))} ({reference_label}) to {_pct(float(strong.float().mean()))}"
+        f"{pct(float(reference.float().mean()))} ({reference_label}) to {pct(float(strong.float().mean()))}"
     )
-    ev += "" if ok else f": {newly} more samples broken (> {_pct(tol)}); the evaluation has not converged"
+    ev += "" if ok else f": {newly} more samples broken (> {pct(tol)}); the evaluation has not converged"
     values = {
         "reference_accuracy": float(reference.float().mean()),
         "stronger_accuracy": float(strong.float().mean()),
@@ -319,7 +200,7 @@ def _more_iterations(
         "restarts": restarts,
         "newly_broken": newly,
     }
-    return _check("more-iterations", ok, ev, **values), strong
+    return check_result("more-iterations", ok, ev, **values), strong
 
 
 def check_more_iterations(
@@ -351,12 +232,12 @@ def _beyond_whitebox(
         alive &= _robust_under(model, x, y, a, only=alive, batch_size=batch_size) | ~alive
     newly, frac, ok = _newly_broken(wb, alive, tol)
     ev = (
-        f"{label} broke {newly} of {len(wb)} samples ({_pct(frac)}) that the white-box attacks left robust "
-        f"(white-box {_pct(float(wb.float().mean()))}, combined {_pct(float(alive.float().mean()))})"
+        f"{label} broke {newly} of {len(wb)} samples ({pct(frac)}) that the white-box attacks left robust "
+        f"(white-box {pct(float(wb.float().mean()))}, combined {pct(float(alive.float().mean()))})"
     )
     if not ok:
         ev += f": {label} is stronger than the gradient attacks, a sign of gradient masking"
-    return _check(
+    return check_result(
         name,
         ok,
         ev,

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from .cli import _argv_without_nproc, _json_object, _parse_floats, _parse_options, main
+from .common import argv_without_nproc, json_object, main, parse_floats, parse_options
 
 CODE_WARNING = ("file.py:Name / package.module:Name IMPORTS AND RUNS that Python code: use only code you trust "
                 "(what is imported is printed on stderr)")
@@ -55,11 +55,11 @@ def model_data_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def _sources(run: str | None, kw: dict[str, Any]) -> tuple[Any, Any, Any]:
     """(ModelSource, DataSource, a context that trusts user code when --trust-code) from the options."""
-    from .runs.sources import DataSource, ModelSource
+    from ..runs.sources import DataSource, ModelSource
 
-    kwargs = _json_object(kw["model_kwargs"], "--model-kwargs")
-    mean = _parse_floats(kw["mean_text"], "--mean") if kw["mean_text"] is not None else None
-    std = _parse_floats(kw["std_text"], "--std") if kw["std_text"] is not None else None
+    kwargs = json_object(kw["model_kwargs"], "--model-kwargs")
+    mean = parse_floats(kw["mean_text"], "--mean") if kw["mean_text"] is not None else None
+    std = parse_floats(kw["std_text"], "--std") if kw["std_text"] is not None else None
     model = ModelSource(run=run, entry=kw["entry"], kwargs=kwargs, weights=kw["weights"], mean=mean, std=std)
     model.check()
     data = DataSource(path=kw["data_path"], dataset=kw["dataset_name"], split=kw["split"], root=kw["data_root"])
@@ -71,7 +71,7 @@ def _sources(run: str | None, kw: dict[str, Any]) -> tuple[Any, Any, Any]:
 
 def _trust(kw: dict[str, Any]) -> Any:
     """A context in which loading a run that names user code imports it (--trust-code), else a no-op."""
-    from .storage.checkpoint import trusted_code
+    from ..storage.checkpoint import trusted_code
 
     return trusted_code() if kw["trust_code"] else contextlib.nullcontext()
 
@@ -93,12 +93,12 @@ def _trust(kw: dict[str, Any]) -> Any:
 def attack(run, attack_name, norm, eps, steps, target, attack_option, n, batch_size, out, device, **kw) -> None:
     """Attack a trained run's test images (or --model on --data); save the examples (safetensors)
     and a JSON summary."""
-    from .runs import attack_run
+    from ..runs import attack_run
 
     model, data, trust = _sources(run, kw)
     with trust:
         s = attack_run(run, out, attack=attack_name, norm=norm, eps=eps, steps=steps, target=target,
-                       options=_parse_options(attack_option), n=n, batch_size=batch_size, device=device,
+                       options=parse_options(attack_option), n=n, batch_size=batch_size, device=device,
                        model_source=model, data=data)
     click.echo(f"{attack_name}: clean {s['clean_accuracy']:.4f} -> adversarial {s['adversarial_accuracy']:.4f}, "
                f"success on correct {s['success_rate_on_correct']:.4f} ({s['seconds']:.1f}s); written to {Path(out)}")
@@ -137,15 +137,15 @@ def evaluate(run, out, save_adversarial, attack_names, suite, eps_text, norm, st
              with_checks, iterations_text, with_corruptions, nproc, device, quiet, **kw) -> None:
     """Clean accuracy, and robust accuracy under attacks or a suite, of RUN (writes RUN/metrics.json)
     or of --model on --data (writes --out DIR/evaluation.json)."""
-    from .distributed import relaunch, shutdown
-    from .runs import evaluate_run
-    from .storage.layout import EVALUATION_FILE, METRICS_FILE
+    from ..distributed import relaunch, shutdown
+    from ..runs import evaluate_run
+    from ..storage.layout import EVALUATION_FILE, METRICS_FILE
 
     if nproc != 1:
-        sys.exit(relaunch(nproc, _argv_without_nproc(sys.argv[1:])))
+        sys.exit(relaunch(nproc, argv_without_nproc(sys.argv[1:])))
     model, data, trust = _sources(run, kw)
-    eps = _parse_floats(eps_text, "--eps")
-    iterations = _parse_floats(iterations_text, "--iterations", whole=True) if iterations_text is not None else None
+    eps = parse_floats(eps_text, "--eps")
+    iterations = parse_floats(iterations_text, "--iterations", whole=True) if iterations_text is not None else None
     try:
         with trust:
             metrics = evaluate_run(run, attacks=attack_names.split(",") if attack_names else None, suite=suite, eps=eps,
@@ -196,7 +196,7 @@ def _print_metrics(metrics: dict[str, Any], norm: str) -> None:
             click.echo(f"{name:<16} " + " ".join(f"{row[s]:7.4f}" for s in sevs))
         click.echo(f"mean corruption accuracy {metrics['mean_corruption_accuracy']:.4f}")
     if metrics.get("checks"):
-        from .evaluation import format_checks
+        from ..evaluation import format_checks
 
         click.echo(format_checks(metrics["checks"]))
 
@@ -214,11 +214,11 @@ def _print_metrics(metrics: dict[str, Any], norm: str) -> None:
 def report(runs, out, eps, norm, n_examples, no_artifacts, device, **kw) -> None:
     """An HTML report (self-contained, with figures) on run and evaluation directories (robustlab
     evaluate --out), RUN [RUN ...], or on --model with --data."""
-    from .report import build_report
-    from .runs.artifacts import refresh_artifacts
-    from .runs.evaluation_dir import is_evaluation_dir
-    from .storage.layout import MODEL_WEIGHTS
-    from .threat import ThreatModel
+    from ..report import build_report
+    from ..runs.artifacts import refresh_artifacts
+    from ..runs.evaluation_dir import is_evaluation_dir
+    from ..storage.layout import MODEL_WEIGHTS
+    from ..threat import ThreatModel
 
     threat = ThreatModel(norm, eps)  # bad --norm / --eps: ValueError, exit 2
     if threat.eps <= 0:
@@ -228,7 +228,7 @@ def report(runs, out, eps, norm, n_examples, no_artifacts, device, **kw) -> None
     dirs = list(runs)
     trust = _trust(kw)
     if kw["entry"] is not None:
-        from .runs.sources import model_report_dir
+        from ..runs.sources import model_report_dir
 
         model, data, trust = _sources(None, kw)
         with trust:
@@ -281,12 +281,12 @@ def train_detector_cmd(run, attack_name, eps, norm, steps, eval_steps, attack_op
                        layer, lam, adaptive_loss, kappa, det_margin, fpr, seed, batch_size, out, device, **kw) -> None:
     """Train a SafetyNet-style adversarial-example detector on RUN's features; report detection
     under the plain and an adaptive attack; write OUT/detector.safetensors, detector.json, metrics.json."""
-    from .runs import detector_run
+    from ..runs import detector_run
 
     model, data, trust = _sources(run, kw)
     with trust:
         m = detector_run(run, out, attack=attack_name, eps=eps, norm=norm, steps=steps, eval_steps=eval_steps,
-                         options=_parse_options(attack_option), n_train=n_train, n_test=n_test, epochs=epochs,
+                         options=parse_options(attack_option), n_train=n_train, n_test=n_test, epochs=epochs,
                          hidden=tuple(int(h) for h in hidden.split(",") if h.strip()), layer=layer, lam=lam,
                          adaptive_loss=adaptive_loss, kappa=None if kappa < 0 else kappa,
                          det_margin=None if det_margin < 0 else det_margin, fpr=fpr, seed=seed, batch_size=batch_size,

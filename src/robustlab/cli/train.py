@@ -1,121 +1,15 @@
-"""The ``robustlab`` command line: train, attack, evaluate, demo, report, train-detector, noisy-student.
-
-It parses options and prints; the work is in :mod:`robustlab.runs` (and the demo's, noisy
-student's modules). Bad input ends with exit code 2 and one line naming the problem (no traceback).
-"""
+"""``robustlab train``, ``demo`` and ``noisy-student``: parse options, call the library, print."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
-from . import __version__
-
-
-def _one_line_error(e: BaseException) -> None:
-    """Print ``e`` as one line on stderr (no usage block, no traceback) and exit with code 2."""
-    if isinstance(e, click.UsageError):
-        msg = e.format_message()
-        if e.ctx is not None:
-            msg += f" (see '{e.ctx.command_path} -h')"
-    elif isinstance(e, OSError) and e.strerror:
-        msg = f"{e.strerror}: {e.filename}" if e.filename else e.strerror
-    else:
-        msg = str(e)
-    click.echo("error: " + " ".join(msg.split()), err=True)
-    sys.exit(2)
-
-
-class _Group(click.Group):
-    """Bad input ends as one line on stderr and exit code 2: ValueError (our 'bad input' signal),
-    click's own usage errors, OSError (a missing, unwritable or full output location) and
-    FloatingPointError (a diverged run, e.g. from a learning rate far too high)."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as e:
-            if type(e).__name__ == "NoArgsIsHelpError":  # bare `robustlab`: the help text, as click shows it
-                raise
-            _one_line_error(e)
-            raise  # not reached
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except BrokenPipeError:
-            raise  # output piped into `head` and the like: click's own handling
-        except (click.UsageError, ValueError, OSError, FloatingPointError) as e:
-            _one_line_error(e)
-
-
-def _parse_floats(text: str, what: str, whole: bool = False) -> list[Any]:
-    """A comma-separated list of numbers (``whole``: of whole numbers >= 1, as ints)."""
-    try:
-        vals = [float(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"{what} must be a comma-separated list of numbers, got {text!r}") from None
-    if not vals:
-        raise ValueError(f"{what} is empty")
-    if whole and not all(v.is_integer() and v >= 1 for v in vals):
-        raise ValueError(f"{what} must be whole numbers >= 1, got {text!r}")
-    return [int(v) for v in vals] if whole else vals
-
-
-def _argv_without_nproc(argv: list[str]) -> list[str]:
-    """The command line minus ``--nproc N`` / ``--nproc=N`` (for the torchrun relaunch)."""
-    out: list[str] = []
-    args = iter(argv)
-    for a in args:
-        if a == "--nproc":
-            next(args, None)
-        elif not a.startswith("--nproc="):
-            out.append(a)
-    return out
-
-
-def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """KEY=VALUE pairs; values parsed as JSON when possible (numbers, true/false, lists)."""
-    out: dict[str, Any] = {}
-    for p in pairs:
-        k, eq, v = p.partition("=")
-        if not eq or not k.strip():
-            raise ValueError(f"option {p!r} must look like KEY=VALUE")
-        try:
-            out[k.strip().replace("-", "_")] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k.strip().replace("-", "_")] = v
-    return out
-
-
-def _json_object(text: str | None, what: str) -> dict[str, Any]:
-    """A JSON object given on the command line ({} for None); ValueError otherwise."""
-    if text is None:
-        return {}
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{what} must be a JSON object, got {text!r} ({e})") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"{what} must be a JSON object like '{{\"width\": 64}}', got {text!r}")
-    return obj
-
-
-def _merge_options(pairs: tuple[str, ...], **given: Any) -> dict[str, Any]:
-    """KEY=VALUE ``pairs``, then the dedicated options that were given (not None) over them."""
-    return {**_parse_options(pairs), **{k: v for k, v in given.items() if v is not None}}
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="robustlab")
-def main() -> None:
-    """Attack, harden and honestly evaluate image classifiers."""
+from .common import argv_without_nproc, json_object, main, merge_options, parse_floats, parse_options
 
 
 # --- train -----------------------------------------------------------------------------------
@@ -170,12 +64,12 @@ def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, mod
           denoise, model_option, defense, eps, norm, defense_option, monitor_attack, monitor_eps, monitor_n, epochs,
           batch_size, optimizer, lr, momentum, weight_decay, schedule, seed, nproc, sync_bn, checkpoint_every, device, quiet) -> None:
     """Train a model into a run directory (or --resume one)."""
-    from .distributed import relaunch, shutdown
-    from .runs import RunSpec, monitor_spec, train_run
-    from .training import TrainConfig, TrainingInterrupted
+    from ..distributed import relaunch, shutdown
+    from ..runs import RunSpec, monitor_spec, train_run
+    from ..training import TrainConfig, TrainingInterrupted
 
     if nproc != 1:
-        sys.exit(relaunch(nproc, _argv_without_nproc(sys.argv[1:])))
+        sys.exit(relaunch(nproc, argv_without_nproc(sys.argv[1:])))
 
     run = out or run_arg
     if run is None:
@@ -192,11 +86,11 @@ def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, mod
                              f"{', '.join(given)} cannot be changed (start a new run with --out)")
     if out and run_arg and Path(out) != Path(run_arg):
         raise ValueError(f"two run directories given: {run_arg} and --out {out}")
-    model_options = {**_merge_options(model_option, batchnorm=batchnorm, activation=activation, denoise=denoise),
-                     **_json_object(model_kwargs, "--model-kwargs")}
-    normalize = {"mean": _parse_floats(mean_text, "--mean") if mean_text else None,
-                 "std": _parse_floats(std_text, "--std") if std_text else None} if mean_text or std_text else None
-    defense_options = _merge_options(defense_option, eps=eps, norm=norm)
+    model_options = {**merge_options(model_option, batchnorm=batchnorm, activation=activation, denoise=denoise),
+                     **json_object(model_kwargs, "--model-kwargs")}
+    normalize = {"mean": parse_floats(mean_text, "--mean") if mean_text else None,
+                 "std": parse_floats(std_text, "--std") if std_text else None} if mean_text or std_text else None
+    defense_options = merge_options(defense_option, eps=eps, norm=norm)
     spec = RunSpec(
         dataset=dataset, data_root=data_root, train_limit=train_limit, test_limit=test_limit, model=model_name,
         model_options=model_options, defense=defense, defense_options=defense_options,
@@ -233,7 +127,7 @@ def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, mod
 @click.option("--quiet", is_flag=True)
 def demo(out, epochs, robust_epochs, train_limit, n_eval, device, quiet) -> None:
     """The embedded default: Fashion-MNIST small CNN, attacks, fast-AT, side by side, report."""
-    from .demo import run_demo
+    from ..demo import run_demo
 
     run_demo(Path(out), epochs=epochs, robust_epochs=robust_epochs, device=device, progress=not quiet,
              train_limit=train_limit, n_eval=n_eval)
@@ -273,11 +167,11 @@ def noisy_student_cmd(dataset, data_root, labelled, unlabelled, iterations, epoc
                       stochastic_depth, eps, pgd_steps, eval_n, test_limit, batch_size, lr, seed, out, device, quiet) -> None:
     """Noisy Student self-training: teacher on --labelled images, noisy students on labelled +
     pseudo-labelled --unlabelled images; clean and PGD accuracy of every generation."""
-    from .training import TrainConfig
-    from .training.noisy_student import NoisyStudentConfig, run_noisy_student
+    from ..training import TrainConfig
+    from ..training.noisy_student import NoisyStudentConfig, run_noisy_student
 
     cfg = NoisyStudentConfig(
-        model=model_name, teacher_options=_parse_options(teacher_option), student_options=_parse_options(student_option),
+        model=model_name, teacher_options=parse_options(teacher_option), student_options=parse_options(student_option),
         iterations=iterations, soft_labels=not hard_labels, temperature=temperature, min_confidence=min_confidence,
         noise_std=noise_std, max_shift=max_shift, flip_prob=flip_prob, student_dropout=dropout,
         student_stochastic_depth=stochastic_depth, eval_eps=eps, eval_steps=pgd_steps, eval_n=eval_n,
@@ -294,8 +188,6 @@ def noisy_student_cmd(dataset, data_root, labelled, unlabelled, iterations, epoc
     click.echo(f"written to {out} ({time.perf_counter() - t0:.0f}s)")
 
 
-# attack, evaluate, report, train-detector: in cli_eval (they share the --model / --data options)
-from . import cli_eval  # noqa: E402,F401  (registers its commands on main)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

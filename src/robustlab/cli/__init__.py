@@ -1,0 +1,11 @@
+"""The ``robustlab`` command line: train, attack, evaluate, report, demo, and the rest.
+
+Each module registers its commands on :data:`main` (in :mod:`.common`); this package imports them
+all, so ``robustlab.cli:main`` is the entry point. Bad input ends with exit code 2 and one line
+naming the problem (no traceback).
+"""
+
+from . import evaluate, train  # noqa: F401  (they register their commands on main)
+from .common import argv_without_nproc, main
+
+__all__ = ["argv_without_nproc", "main"]
