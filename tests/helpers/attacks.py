@@ -40,6 +40,7 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
     ],
     "mim": [{"steps": 3, "random_start": True}, {"steps": 3, "restarts": 2, "early_stop": True}],
     "cw": [{"steps": 4, "binary_search_steps": 2}],
+    "advgan": [{"generator": {"width": 4, "blocks": 1, "seed": 0}}],
     "fab": [{"steps": 3}, {"steps": 3, "restarts": 2, "targeted_classes": 2, "early_stop": True, "final_search": 0}],
     "apgd": [
         {"steps": 4},

@@ -38,6 +38,12 @@ ATTACKS: dict[str, type[Attack]] = {
     "transfer": Transfer,
 }
 
+# A generator-based attack: its class lives with the generator networks it loads (generative/),
+# which build on attacks.base; registered here, after every attack above is defined.
+from ..generative.advgan import AdvGAN  # noqa: E402
+
+ATTACKS["advgan"] = AdvGAN
+
 
 def attack_options(cls: type[Attack]) -> list[str] | None:
     """The keyword options an attack class accepts (None if it takes ``**kwargs``)."""
@@ -53,6 +59,7 @@ def build_attack(name: str, threat: ThreatModel, **options: Any) -> Attack:
 
 
 __all__ = [
+    "AdvGAN",
     "APGD",
     "NES",
     "Square",

@@ -7,5 +7,9 @@ naming the problem (no traceback).
 
 from . import evaluate, train  # noqa: F401  (they register their commands on main)
 from .common import argv_without_nproc, main
+from .generative import COMMANDS as _GENERATIVE
+
+for _group in _GENERATIVE:  # gan, cyclegan, advgan
+    main.add_command(_group)
 
 __all__ = ["argv_without_nproc", "main"]

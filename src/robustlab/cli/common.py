@@ -15,7 +15,7 @@ import click
 from .. import __version__
 
 
-def _one_line_error(e: BaseException) -> None:
+def one_line_error(e: BaseException) -> None:
     """Print ``e`` as one line on stderr (no usage block, no traceback) and exit with code 2."""
     if isinstance(e, click.UsageError):
         msg = e.format_message()
@@ -40,7 +40,7 @@ class _Group(click.Group):
         except click.UsageError as e:
             if type(e).__name__ == "NoArgsIsHelpError":  # bare `robustlab`: the help text, as click shows it
                 raise
-            _one_line_error(e)
+            one_line_error(e)
             raise  # not reached
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -49,7 +49,7 @@ class _Group(click.Group):
         except BrokenPipeError:
             raise  # output piped into `head` and the like: click's own handling
         except (click.UsageError, ValueError, OSError, FloatingPointError) as e:
-            _one_line_error(e)
+            one_line_error(e)
 
 
 def parse_floats(text: str, what: str, whole: bool = False) -> list[Any]:

@@ -26,6 +26,7 @@ from ..storage import atomic_write_text
 from ..storage.layout import REPORT_FILE
 from . import plots
 from .data import RunData, class_label, example_captions, finite_number, monitor_label, percent, read_run, run_summary
+from .generative import generative_section
 
 STATUS_COLOURS = {"PASS": "#1a7f37", "WARN": "#b35900", "FAIL": "#c62828"}
 
@@ -393,6 +394,9 @@ def build_report(runs: Sequence[str | Path], out_dir: str | Path, titles: Sequen
     sections.append(_per_run(page, data, slugs, "Feature maps", _feature_maps))
     sections.append(_per_run(page, data, slugs, "Loss surface", _loss_surface, wide=True))
     sections.append(_learned_section(page, data, slugs))
+    generative = generative_section(data, slugs, page.figure)  # GAN / CycleGAN / AdvGAN runs only
+    if generative:
+        sections.append(generative)
 
     doc = Template(_resource("template.html")).substitute(
         title=_e(", ".join(d.title for d in data)),
