@@ -136,6 +136,7 @@ class ThreatModel:
         return self.magnitude(a - b)
 
     def clip_bounds(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` clamped to the input bounds ``(low, high)``."""
         return x.clamp(self.bounds[0], self.bounds[1])
 
     def project(self, x_adv: torch.Tensor, x: torch.Tensor, eps: float | None = None) -> torch.Tensor:
@@ -233,8 +234,10 @@ class ThreatModel:
         return in_ball & in_bounds
 
     def to_dict(self) -> dict:
+        """The JSON form ``{"norm", "eps", "bounds": [low, high]}``; ``from_dict`` reads it back."""
         return {"norm": self.norm, "eps": self.eps, "bounds": list(self.bounds)}
 
     @classmethod
     def from_dict(cls, d: dict) -> ThreatModel:
+        """The threat model from a ``to_dict`` dict (``bounds`` defaults to ``(0.0, 1.0)``)."""
         return cls(d["norm"], d["eps"], tuple(d.get("bounds", (0.0, 1.0))))  # type: ignore[arg-type]

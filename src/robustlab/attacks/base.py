@@ -190,6 +190,7 @@ class Attack(ABC):
 
     @early_stop.setter
     def early_stop(self, value: bool) -> None:
+        """Set the requested early stop (stored as a bool; the getter still returns False with ``eot > 1``)."""
         self._early_stop = bool(value)
 
     def __repr__(self) -> str:

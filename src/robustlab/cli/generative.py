@@ -12,7 +12,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 
@@ -130,8 +130,8 @@ def gan_evaluate(run, classifier, n, seed, as_json) -> None:
     judge = GanJudge(load_model(classifier), x_test[:n])
     G = load_network(run, "generator")
     g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, G.latent_dim, generator=g)
-    y = (torch.arange(n) % G.num_classes) if G.num_classes else None
+    z = torch.randn(n, cast(int, G.latent_dim), generator=g)  # load_network returns an nn.Module: a DCGAN Generator here
+    y = (torch.arange(n) % cast(int, G.num_classes)) if G.num_classes else None
     scores = judge.score(sample(G, z, y))
     result = {"classifier": str(classifier), "n": n, **scores, "real_inception_score": judge.real_inception_score,
               "real_class_histogram": judge.real_histogram,

@@ -58,12 +58,15 @@ def _images(x: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def gaussian_noise(x: torch.Tensor, sd: float, generator: torch.Generator | None, bounds: Bounds) -> torch.Tensor:
+    """``x`` plus Gaussian noise of standard deviation ``sd`` times the input range (``bounds``), unclipped."""
     lo, hi = bounds
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     return x + noise * (sd * (hi - lo))
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float, generator: torch.Generator | None, bounds: Bounds) -> torch.Tensor:
+    """``x`` blurred per channel by a separable Gaussian of width ``sigma`` pixels (radius ``ceil(3 sigma)``,
+    replicate padding); images ``(N, C, H, W)`` or ``(N, H, W)``."""
     x4 = _images(x, "gaussian_blur")
     c = x4.shape[1]
     radius = max(1, int(math.ceil(3 * sigma)))
@@ -78,12 +81,14 @@ def gaussian_blur(x: torch.Tensor, sigma: float, generator: torch.Generator | No
 
 
 def contrast(x: torch.Tensor, factor: float, generator: torch.Generator | None, bounds: Bounds) -> torch.Tensor:
+    """``(x - mean) * factor + mean``, the mean taken per image and channel: ``factor < 1`` lowers the contrast."""
     dims = tuple(range(2, x.dim())) if x.dim() > 2 else (1,)
     mean = x.mean(dim=dims, keepdim=True)
     return (x - mean) * factor + mean
 
 
 def brightness(x: torch.Tensor, amount: float, generator: torch.Generator | None, bounds: Bounds) -> torch.Tensor:
+    """``x`` plus ``amount`` times the input range (``bounds``), unclipped."""
     lo, hi = bounds
     return x + amount * (hi - lo)
 
@@ -97,6 +102,8 @@ def _warp(x: torch.Tensor, theta: torch.Tensor, bounds: Bounds, name: str) -> to
 
 
 def rotation(x: torch.Tensor, degrees: float, generator: torch.Generator | None, bounds: Bounds) -> torch.Tensor:
+    """Each image rotated by ``degrees`` about its centre, clockwise or anticlockwise at random (from
+    ``generator``); bilinear, uncovered pixels at the lower bound."""
     n = x.shape[0]
     sign = torch.randint(0, 2, (n,), generator=generator, device=x.device).to(torch.float64) * 2 - 1
     a = sign * math.radians(degrees)
@@ -107,6 +114,8 @@ def rotation(x: torch.Tensor, degrees: float, generator: torch.Generator | None,
 
 
 def shift(x: torch.Tensor, fraction: float, generator: torch.Generator | None, bounds: Bounds) -> torch.Tensor:
+    """Each image translated by ``fraction`` of its side in a random direction (from ``generator``);
+    bilinear, uncovered pixels at the lower bound."""
     n = x.shape[0]
     phi = torch.rand(n, generator=generator, device=x.device).to(torch.float64) * (2 * math.pi)
     d = 2 * fraction  # normalised coordinates span 2 per image side

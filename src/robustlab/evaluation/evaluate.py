@@ -21,7 +21,8 @@ from .outcomes import AttackOutcome, EvaluationResult, run_attack
 from .suites import build_suite
 
 
-def _unique_names(attacks: Sequence[Attack]) -> list[str]:
+def unique_names(attacks: Sequence[Attack]) -> list[str]:
+    """The attacks' names, made unique with ``-2``, ``-3``, ... suffixes (two PGDs in one suite)."""
     names: list[str] = []
     seen: dict[str, int] = {}
     for a in attacks:
@@ -72,7 +73,7 @@ def evaluate(
     clean_correct = (predict(model, x, batch_size) == y).cpu()
     outcomes: list[AttackOutcome] = []
     alive = clean_correct.clone().to(x.device)
-    for name, attack in zip(_unique_names(attack_list), attack_list):
+    for name, attack in zip(unique_names(attack_list), attack_list):
         a = copy.copy(attack)
         a.early_stop = early_stop or a.early_stop
         a.name = name
@@ -85,7 +86,7 @@ def evaluate(
         outcomes.append(out)
     result = EvaluationResult(threat, len(x), clean_correct, outcomes, cascade)
     if checks:
-        names = _unique_names(attack_list)
+        names = unique_names(attack_list)
         gradient_names = [n for n, a in zip(names, attack_list) if getattr(a, "uses_gradients", True)]
         result.checks = run_checks(
             model, x, y, threat, result=result, scale=checks_scale, whitebox_names=gradient_names, batch_size=batch_size,

@@ -43,6 +43,8 @@ class AttackOutcome:
     examples: torch.Tensor | None = None
 
     def summary(self, clean_correct: torch.Tensor) -> dict[str, Any]:
+        """The attack's JSON summary: robust accuracy, success rate on the clean-correct attacked samples,
+        samples attacked, seconds, settings, and mean/max L1, L2 and Linf perturbation of the successful ones."""
         n = len(self.robust)
         correct = clean_correct & self.attacked
         fooled = correct & ~self.robust
@@ -141,10 +143,12 @@ class EvaluationResult:
 
     @property
     def clean_accuracy(self) -> float:
+        """Fraction of the ``n`` samples classified correctly without attack."""
         return float(self.clean_correct.float().mean())
 
     @property
     def robust(self) -> torch.Tensor:
+        """Per-sample bool: clean-correct and robust to every attack (the worst case over the attacks)."""
         r = self.clean_correct.clone()
         for o in self.outcomes:
             r &= o.robust
@@ -152,13 +156,17 @@ class EvaluationResult:
 
     @property
     def robust_accuracy(self) -> float:
+        """Fraction of samples that are robust to every attack (the mean of ``robust``)."""
         return float(self.robust.float().mean())
 
     @property
     def per_attack(self) -> dict[str, float]:
+        """Robust accuracy per attack name: cumulative in ``cascade`` mode, each attack's own otherwise."""
         return {o.name: float(o.robust.float().mean()) for o in self.outcomes}
 
     def to_dict(self, per_sample: bool = True) -> dict[str, Any]:
+        """The JSON-able report: schema version, threat model, accuracies, per-attack summaries, checks and
+        ``extra``; with ``per_sample`` also the per-sample 0/1 lists (clean, robust, robust per attack)."""
         d: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "threat": self.threat.to_dict(),
@@ -180,6 +188,7 @@ class EvaluationResult:
         return d
 
     def to_json(self, per_sample: bool = True) -> str:
+        """``to_dict(per_sample)`` as indented JSON text."""
         return json.dumps(self.to_dict(per_sample), indent=2)
 
 

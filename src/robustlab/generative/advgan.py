@@ -33,7 +33,7 @@ from .._torch import check_float, check_int, model_guard
 from ..attacks.base import Attack
 from ..storage import atomic_write_json, ensure_writable_dir
 from ..storage.layout import CONFIG_FILE, STATE_FILE
-from ..threat import ThreatModel
+from ..threat import ThreatModel, canonical_norm
 from .checkpoint import load_network
 from .losses import discriminator_loss, generator_loss, margin_adversarial_loss, perturbation_hinge
 from .models import build_network
@@ -92,7 +92,7 @@ class AdvGanConfig:
     monitor_n: int = 1000
 
     def __post_init__(self) -> None:
-        ThreatModel(self.norm, self.eps)  # validates norm and eps
+        ThreatModel(canonical_norm(self.norm), self.eps)  # validates norm and eps
         for name, minimum in (("epochs", 1), ("batch_size", 2), ("width", 1), ("blocks", 0), ("downsamplings", 1),
                               ("monitor_n", 1)):
             setattr(self, name, check_int(name, getattr(self, name), minimum))
@@ -100,6 +100,7 @@ class AdvGanConfig:
             setattr(self, name, check_float(name, getattr(self, name), 0.0, strict=(name == "lr")))
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON (what the run's config.json records and resume compares)."""
         return asdict(self)
 
 
@@ -109,13 +110,14 @@ def train_advgan(target: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor
     """Train an AdvGAN generator against ``target`` (left exactly as found). Each epoch reports the
     success rate on the first ``monitor_n`` correctly classified test images. Returns (generator, history)."""
     from .loop import epoch_order, run_epochs  # not at import time: the attack registry imports this module
-    threat = ThreatModel(config.norm, config.eps)
+    threat = ThreatModel(canonical_norm(config.norm), config.eps)
     dev = x_train.device
     c, side = x_train.shape[1], x_train.shape[-1]
     G = build_perturbation_generator(c, config.width, config.blocks, config.seed, config.downsamplings).to(dev)
     D = build_network("dcgan-discriminator", seed=config.seed + 1, channels=c, image_size=side, width=16).to(dev)
     nets = {"generator": G, "discriminator": D}
-    opts = {k: torch.optim.Adam(v.parameters(), lr=config.lr, betas=(0.5, 0.999)) for k, v in nets.items()}
+    opts: dict[str, torch.optim.Optimizer] = {k: torch.optim.Adam(v.parameters(), lr=config.lr, betas=(0.5, 0.999))
+                                              for k, v in nets.items()}
     rng = torch.Generator().manual_seed(config.seed)
     bound = config.hinge_bound if config.hinge_bound is not None else 0.5 * config.eps * math.sqrt(x_train[0].numel())
     bs = config.batch_size
@@ -239,16 +241,19 @@ class AdvGAN(Attack):
                  eval_mode: bool = True, seed: int | None = None, early_stop: bool = False) -> None:
         super().__init__(threat, eval_mode=eval_mode, seed=seed, early_stop=early_stop)
         self.spec: dict[str, Any] | None = None
+        net: nn.Module | None
         if isinstance(generator, dict):
             self.spec = dict(generator)
             build_perturbation_generator(**{**self.spec, "channels": self.spec.get("channels", 1)})  # options checked now
-            generator = None  # type: ignore[assignment]
+            net = None
         elif isinstance(generator, (str, Path)):
-            generator = load_network(generator, "generator")
-        elif not isinstance(generator, nn.Module):
+            net = load_network(generator, "generator")
+        elif isinstance(generator, nn.Module):
+            net = generator
+        else:
             raise ValueError("generator must be an nn.Module, an AdvGAN run directory or a dict of options, "
                              f"got {type(generator).__name__}")
-        self.generator = generator
+        self.generator = net
         self.batch_size = check_int("batch_size", batch_size, 1)
 
     def _generator_for(self, x: torch.Tensor) -> nn.Module:

@@ -10,11 +10,13 @@ classifier assigns to that class with the highest confidence.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
 
 from .metrics import classifier_outputs
+from .models import Generator
 from .train import sample
 
 
@@ -32,11 +34,11 @@ class ArithmeticResult:
 def candidate_codes(generator: nn.Module, n: int, seed: int = 0, labels: torch.Tensor | None = None) -> torch.Tensor:
     """``n`` full codes from a seeded normal draw (labels needed for a conditional generator)."""
     g = torch.Generator().manual_seed(int(seed))
-    z = torch.randn(n, generator.latent_dim, generator=g)
+    z = torch.randn(n, cast(int, generator.latent_dim), generator=g)
     dev = next(generator.parameters()).device
     if getattr(generator, "num_classes", 0) and labels is None:
-        labels = torch.randint(0, generator.num_classes, (n,), generator=g)
-    return generator.code(z.to(dev), None if labels is None else labels.to(dev))
+        labels = torch.randint(0, cast(int, generator.num_classes), (n,), generator=g)
+    return cast(Generator, generator).code(z.to(dev), None if labels is None else labels.to(dev))
 
 
 def codes_by_class(generator: nn.Module, classifier: nn.Module, cls: int, k: int = 3, pool: int = 500,
@@ -58,7 +60,7 @@ def _decode(generator: nn.Module, codes: torch.Tensor) -> torch.Tensor:
     was = generator.training
     generator.eval()
     try:
-        return generator.decode(codes)
+        return cast(Generator, generator).decode(codes)
     finally:
         generator.train(was)
 

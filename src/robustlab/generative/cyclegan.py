@@ -75,6 +75,7 @@ class CycleGanConfig:
         self.identity_weight = check_float("identity_weight", self.identity_weight, 0.0)
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON (what the run's config.json records and resume compares)."""
         return asdict(self)
 
 
@@ -115,8 +116,8 @@ def translation_metrics(g_ab: nn.Module, g_ba: nn.Module, classifier: nn.Module 
             if classifier is not None:
                 out[f"translated_accuracy_{name}"] = hits / len(x)
     if classifier is not None:
-        hits = out["translated_accuracy_a_to_b"] * len(a) + out["translated_accuracy_b_to_a"] * len(b)
-        out["translated_accuracy"] = hits / (len(a) + len(b))
+        total_hits = out["translated_accuracy_a_to_b"] * len(a) + out["translated_accuracy_b_to_a"] * len(b)
+        out["translated_accuracy"] = total_hits / (len(a) + len(b))
     return out
 
 
@@ -133,8 +134,8 @@ def train_cyclegan(xa: torch.Tensor, xb: torch.Tensor, config: CycleGanConfig, r
     nets = {k: v.to(dev) for k, v in build_cyclegan(config, xa.shape[1]).items()}
     g_params = list(nets["g_ab"].parameters()) + list(nets["g_ba"].parameters())
     d_params = list(nets["d_a"].parameters()) + list(nets["d_b"].parameters())
-    opts = {"generators": torch.optim.Adam(g_params, lr=config.lr, betas=(0.5, 0.999)),
-            "discriminators": torch.optim.Adam(d_params, lr=config.lr, betas=(0.5, 0.999))}
+    opts: dict[str, torch.optim.Optimizer] = {"generators": torch.optim.Adam(g_params, lr=config.lr, betas=(0.5, 0.999)),
+                                              "discriminators": torch.optim.Adam(d_params, lr=config.lr, betas=(0.5, 0.999))}
     rng = torch.Generator().manual_seed(config.seed)
     bs = config.batch_size
 

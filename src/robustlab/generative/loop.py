@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..storage import CheckpointError, atomic_write_text, ensure_writable_dir, read_safetensors
 from ..storage import remove_stale_temp_files as _remove_stale
 from ..storage.layout import ARTIFACTS_DIR, HISTORY_FILE
-from ..training.loop import TrainingInterrupted, _StopFlag
+from ..training.loop import StopFlag, TrainingInterrupted
 from .checkpoint import restore_training_state, save_networks, save_training_state, write_safetensors
 
 Step = Callable[[int, int], dict[str, float]]
@@ -74,7 +74,7 @@ def run_epochs(*, kind: str, command: str, run: Path | None, networks: dict[str,
             raise ValueError(f"{run} was trained with other settings; resume continues with the saved ones")
         history, partial = list(saved["history"]), dict(saved["partial"])
         start_epoch, start_batch = int(saved["epoch"]), int(saved["batch"])
-    stop = _StopFlag()
+    stop = StopFlag()
     with stop.installed():
         for epoch in range(start_epoch, epochs):
             t0, c0 = time.perf_counter(), time.process_time()

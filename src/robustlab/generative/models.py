@@ -44,6 +44,8 @@ class VirtualBatchNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, h: torch.Tensor, n_ref: int) -> torch.Tensor:
+        """Normalise ``h`` with the statistics of its first ``n_ref`` rows (the reference batch), so
+        a sample's output does not depend on the rest of its batch."""
         if not 0 < n_ref <= h.shape[0]:
             raise ValueError(f"VirtualBatchNorm needs the {n_ref} reference rows first, got a batch of {h.shape[0]}")
         dims = [0] + list(range(2, h.dim()))
@@ -76,6 +78,10 @@ class Generator(nn.Module):
     ``norm``: ``"batch"`` (DCGAN) or ``"virtual"`` (VBN with a reference batch of ``n_ref`` codes
     drawn once from ``ref_seed`` and stored as a buffer, so a checkpoint reproduces it exactly).
     """
+
+    # buffers registered in __init__ when norm == "virtual" (declared for the type checker)
+    ref_z: torch.Tensor
+    ref_y: torch.Tensor
 
     def __init__(self, latent_dim: int = 64, channels: int = 1, image_size: int = 28, width: int = 32,
                  num_classes: int = 0, norm: str = "batch", n_ref: int = 32, ref_seed: int = 0) -> None:
@@ -119,6 +125,7 @@ class Generator(nn.Module):
         return torch.cat([z, F.one_hot(y.long(), self.num_classes).to(z.dtype)], dim=1)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Images in [0, 1] decoded from codes ``z`` (with class labels ``y`` when conditional)."""
         return self.decode(self.code(z, y))
 
     def decode(self, code: torch.Tensor) -> torch.Tensor:
@@ -165,6 +172,7 @@ class Discriminator(nn.Module):
         self.head = nn.Linear(cin * side * side, 1)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """One real-vs-generated logit per image (conditioned on ``y`` when conditional)."""
         if self.num_classes:
             if y is None:
                 raise ValueError("a class-conditional discriminator needs labels y")
@@ -211,6 +219,7 @@ class ImageToImage(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The translated images, same shape as ``x``, in [0, 1]."""
         if x.shape[-1] % self.factor or x.shape[-2] % self.factor:
             raise ValueError(f"this ImageToImage network needs image sides divisible by {self.factor}, got {tuple(x.shape[-2:])}")
         h = self.net(x)
@@ -231,6 +240,7 @@ class PatchDiscriminator(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """A map of real-vs-translated logits, one per image patch."""
         return self.net(x)
 
 

@@ -65,12 +65,14 @@ class GanConfig:
         self.label_smoothing = check_real_label(self.label_smoothing)
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON, without the progress flag (what config.json records and resume compares)."""
         d = asdict(self)
         d.pop("progress")
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], progress: bool = True) -> GanConfig:
+        """Settings read back from :meth:`to_dict`'s JSON; unknown keys are a ValueError."""
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -113,6 +115,7 @@ def sample(generator: torch.nn.Module, z: torch.Tensor, y: torch.Tensor | None =
 
 @dataclass
 class GanResult:
+    """What a GAN run ends with: the per-epoch history and the trained networks."""
     history: list[dict[str, Any]]
     networks: dict[str, torch.nn.Module]
     real_inception_score: float | None = None
@@ -130,7 +133,8 @@ def train_gan(x_train: torch.Tensor, y_train: torch.Tensor, config: GanConfig, n
     torch.manual_seed(config.seed)
     nets = {k: v.to(dev) for k, v in build_gan(config, x_train.shape[1], x_train.shape[-1], num_classes).items()}
     G, D = nets["generator"], nets["discriminator"]
-    opts = {k: torch.optim.Adam(v.parameters(), lr=config.lr, betas=(config.beta1, 0.999)) for k, v in nets.items()}
+    opts: dict[str, torch.optim.Optimizer] = {k: torch.optim.Adam(v.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
+                                              for k, v in nets.items()}
     rng = torch.Generator().manual_seed(config.seed)
     grid_z, grid_y = fixed_codes(config, GRID, num_classes, dev, salt=2)
     eval_z, eval_y = fixed_codes(config, config.eval_samples, num_classes, dev, salt=1)
@@ -160,9 +164,9 @@ def _step(G, D, opts, xr: torch.Tensor, yr: torch.Tensor, config: GanConfig, num
     n = len(xr)
     z = torch.randn(n, config.latent_dim, generator=rng).to(xr.device)
     yf = torch.randint(0, num_classes, (n,), generator=rng).to(xr.device) if config.conditional else None
-    yr = yr if config.conditional else None
+    y_real = yr if config.conditional else None
     fake = G(z, yf)
-    real_logits, fake_logits = D(xr, yr), D(fake.detach(), yf)
+    real_logits, fake_logits = D(xr, y_real), D(fake.detach(), yf)
     d_loss = discriminator_loss(real_logits, fake_logits, config.loss, config.label_smoothing)
     opts["discriminator"].zero_grad(set_to_none=True)
     d_loss.backward()

@@ -17,7 +17,7 @@ classifier reports how often it still sees K in the successful examples.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +65,7 @@ def unrestricted_search(generator: nn.Module, classifier: nn.Module, source: int
     lr, eps_z = check_float("lr", lr, 0.0, strict=True), check_float("eps_z", eps_z, 0.0)
     dev = next(generator.parameters()).device
     g = torch.Generator().manual_seed(int(seed))
-    z0 = torch.randn(n, generator.latent_dim, generator=g).to(dev)
+    z0 = torch.randn(n, cast(int, generator.latent_dim), generator=g).to(dev)
     labels = torch.full((n,), int(source), device=dev)
     z = z0.clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)

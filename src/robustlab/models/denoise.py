@@ -77,6 +77,7 @@ class NonLocalMeans(nn.Module):
         return logits / logits.shape[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Each position replaced by the ``affinity``-weighted sum of all positions' features: (N, C, H, W) in and out."""
         _check_map(x)
         n, c, h, w = x.shape
         weights = self.affinity(x)
@@ -89,6 +90,7 @@ class MeanFilter(nn.Module):
     """3x3 mean filter, stride 1; windows at the border average only the pixels inside the map."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The 3x3 mean of each (N, C, H, W) feature map, same shape."""
         _check_map(x)
         return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
 
@@ -102,6 +104,7 @@ class MedianFilter(nn.Module):
         self.padding = padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The 3x3 median of each (N, C, H, W) feature map per channel, same shape."""
         return _windows(x, self.padding).median(dim=2).values
 
 
@@ -122,6 +125,8 @@ class BilateralFilter(nn.Module):
         self.register_buffer("spatial", spatial.view(1, 9, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The 3x3 bilateral average of each (N, C, H, W) feature map, same shape; the weights are shared
+        across channels."""
         win = _windows(x, self.padding)  # (N, C, 9, H, W)
         dist2 = (win - x.unsqueeze(2)).pow(2).mean(dim=1)  # (N, 9, H, W)
         weights = self.spatial.to(x.dtype) * torch.exp(-dist2 / (2 * self.sigma_range**2))
@@ -187,9 +192,12 @@ class DenoiseBlock(nn.Module):
             self.conv = conv
 
     def extra_repr(self) -> str:
+        """The block's settings (channels, op, use_conv, residual) for ``print(model)``."""
         return f"channels={self.channels}, op={self.op_name}, use_conv={self.use_conv}, residual={self.residual}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + conv(op(x))`` on an (N, C, H, W) map, same shape (without the conv or the residual add
+        when they are switched off)."""
         out = self.op(x)
         if self.conv is not None:
             out = self.conv(out)

@@ -60,6 +60,7 @@ class Normalized(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The wrapped model's output on ``(x - mean) / std``, ``x`` in pixel units (N, C, H, W)."""
         return self.model(self.normalize(x))
 
 
@@ -72,10 +73,12 @@ class ExportedModel(nn.Module):
         self.program = program
 
     def train(self, mode: bool = True) -> ExportedModel:
+        """Only record ``mode`` in ``training`` (the exported program keeps its behaviour); returns ``self``."""
         self.training = mode
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The exported program's output on ``x``."""
         return self.program(x)
 
 

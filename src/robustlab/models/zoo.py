@@ -49,6 +49,7 @@ class Normalize(nn.Module):
         self.register_buffer("std", std_t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x - mean) / std`` per channel on (N, C, H, W) inputs, same shape."""
         return (x - self.mean) / self.std
 
 
@@ -147,6 +148,7 @@ class SmallCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, num_classes) for images (N, C, H, W): normalisation, two conv blocks, classifier."""
         return self.classifier(self.features(self.normalize(x)))
 
 
@@ -181,6 +183,7 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, num_classes) for images (N, C, H, W), flattened after normalisation."""
         return self.net(self.normalize(x))
 
 
@@ -203,6 +206,8 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``act(branch(x) + shortcut(x))``, (N, cin, H, W) to (N, cout, H / stride, W / stride); in train mode
+        the branch is dropped per sample with ``drop_prob`` (stochastic depth)."""
         out = self.act1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         if self.training and self.drop_prob > 0:
@@ -258,6 +263,7 @@ class ResNet18(nn.Module):
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, num_classes) for images (N, C, H, W): normalisation, stem, four stages, global average pool."""
         return self.head(self.stages(self.stem(self.normalize(x))))
 
 

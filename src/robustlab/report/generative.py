@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from ..storage.layout import ARTIFACTS_DIR, read_json
 from .data import RunData, finite_number, percent, read_tensors
-from .plots import _panel_grid, _save, _show, _tex
+from .plots import panel_grid, save_figure, show_image, tex
 
 Figure_ = Callable[..., str]
 NETWORKS_META = "networks.json"  # robustlab.generative.checkpoint.NETWORKS_META (not imported: reports never load models)
@@ -77,35 +77,35 @@ def plot_gan_curves(history: Sequence[dict[str, Any]], out: str | Path, real_inc
     for ax in (ax1, ax2, ax3):
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def plot_sample_grids(grids: dict[str, np.ndarray], out: str | Path, per_grid: int = 16) -> Figure:
     """One row per recorded epoch (``epoch_N`` keys): the first ``per_grid`` samples from fixed codes."""
     keys = sorted(grids, key=lambda k: int(k.split("_")[-1]))
-    fig, axes = _panel_grid(len(keys), per_grid, (0.55 * per_grid + 0.8, 0.6 * len(keys) + 0.3))
+    fig, axes = panel_grid(len(keys), per_grid, (0.55 * per_grid + 0.8, 0.6 * len(keys) + 0.3))
     for r, k in enumerate(keys):
         for ax, img in zip(axes[r], grids[k][:per_grid]):
-            _show(ax, img)
+            show_image(ax, img)
         axes[r][0].set_ylabel(k.replace("_", " "), fontsize=8)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def plot_image_rows(rows: Sequence[tuple[str, np.ndarray]], out: str | Path, captions: Sequence[str] | None = None) -> Figure:
     """Labelled rows of images (translations, arithmetic, unrestricted examples); captions under the last row."""
     cols = max(len(imgs) for _, imgs in rows)
-    fig, axes = _panel_grid(len(rows), cols, (max(4.0, 1.1 * cols + 0.9), 1.25 * len(rows) + 0.4))
+    fig, axes = panel_grid(len(rows), cols, (max(4.0, 1.1 * cols + 0.9), 1.25 * len(rows) + 0.4))
     for r, (label, imgs) in enumerate(rows):
         for c in range(cols):
             if c < len(imgs):
-                _show(axes[r][c], imgs[c])
+                show_image(axes[r][c], imgs[c])
             else:
                 axes[r][c].set_visible(False)
-        axes[r][0].set_ylabel(_tex(label), fontsize=8)
+        axes[r][0].set_ylabel(tex(label), fontsize=8)
     for c, cap in enumerate(captions or []):
         if c < cols:
-            axes[-1][c].set_xlabel(_tex(cap), fontsize=7)
-    return _save(fig, out)
+            axes[-1][c].set_xlabel(tex(cap), fontsize=7)
+    return save_figure(fig, out)
 
 
 def plot_advgan_examples(data: dict[str, np.ndarray], class_names: Sequence[str], out: str | Path, eps: float | None = None) -> Figure:
@@ -132,12 +132,12 @@ def plot_class_histogram(hist: Sequence[int], class_names: Sequence[str], out: s
     ax.bar(np.arange(k), np.asarray(hist) / total, color="#1f77b4", label="generated")
     if real:
         ax.bar(np.arange(k), np.asarray(real) / max(sum(real), 1), fill=False, edgecolor="black", label="real test")
-    ax.set_xticks(np.arange(k), [_tex(class_names[i]) if i < len(class_names) else str(i) for i in range(k)],
+    ax.set_xticks(np.arange(k), [tex(class_names[i]) if i < len(class_names) else str(i) for i in range(k)],
                   rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("fraction of samples")
     ax.legend(fontsize=8)
     ax.set_title("classifier's class histogram of samples")
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 # --- the section -------------------------------------------------------------------------------
@@ -159,7 +159,8 @@ def _names(run: RunData) -> list[str]:
 def _gan_card(run: RunData, slug: str, figure: Figure_) -> str:
     parts = []
     m = run.metrics
-    ev = m.get("evaluation") if isinstance(m.get("evaluation"), dict) else {}
+    evaluation = m.get("evaluation")
+    ev: dict[str, Any] = evaluation if isinstance(evaluation, dict) else {}
     scored = [h for h in run.history if finite_number(h.get("inception_score")) is not None]
     last = scored[-1] if scored else {}
     real = finite_number(m.get("real_inception_score")) or finite_number(last.get("real_inception_score"))

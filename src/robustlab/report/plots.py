@@ -31,12 +31,12 @@ from .data import example_captions, finite_number, percent
 DPI = 100
 
 
-def _tex(s: Any) -> str:
+def tex(s: Any) -> str:
     """Text for matplotlib: '$' would start mathtext."""
     return str(s).replace("$", r"\$")
 
 
-def _save(fig: Figure, out: str | Path) -> Figure:
+def save_figure(fig: Figure, out: str | Path) -> Figure:
     """Write ``fig`` as a PNG (no software stamp, so the bytes depend on the data only)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
@@ -52,7 +52,7 @@ def _off(ax: Axes) -> None:
         s.set_visible(False)
 
 
-def _show(ax: Axes, arr: np.ndarray) -> None:
+def show_image(ax: Axes, arr: np.ndarray) -> None:
     """Show a (C, H, W) or (H, W) image in [0, 1]: grey for one channel (or the mean of an
     unusual count), colour for three."""
     a = np.asarray(arr, dtype=np.float32)
@@ -63,7 +63,7 @@ def _show(ax: Axes, arr: np.ndarray) -> None:
     ax.imshow(np.clip(img, 0, 1), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
 
 
-def _panel_grid(rows: int, cols: int, figsize: tuple[float, float], shown: int | None = None) -> tuple[Figure, np.ndarray]:
+def panel_grid(rows: int, cols: int, figsize: tuple[float, float], shown: int | None = None) -> tuple[Figure, np.ndarray]:
     """A figure holding a rows x cols grid of image panels (ticks and frames off); panels after
     the first ``shown`` (row-major) are hidden, for a grid the images do not fill."""
     fig = Figure(figsize=figsize, layout="constrained")
@@ -106,7 +106,7 @@ def plot_accuracy_history(history: Sequence[dict[str, Any]], out: str | Path, ti
     The first axes holds one line per accuracy series present."""
     epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
     series = [("clean_accuracy", "clean test accuracy", "#1f77b4", "o"),
-              ("adv_accuracy", f"adversarial accuracy ({_tex(adv_label or 'monitor attack')})", "#d62728", "s")]
+              ("adv_accuracy", f"adversarial accuracy ({tex(adv_label or 'monitor attack')})", "#d62728", "s")]
     has_loss = any(finite_number(h.get("train_loss")) is not None for h in history)
     fig = Figure(figsize=(6.0, 5.4 if has_loss else 3.6), layout="constrained")
     if has_loss:
@@ -117,7 +117,7 @@ def plot_accuracy_history(history: Sequence[dict[str, Any]], out: str | Path, ti
         xs, ys = _points(epochs, [h.get(key) for h in history])
         if xs:
             ax.plot(xs, ys, marker=marker, ms=4, color=colour, label=label)
-    _accuracy_axes(ax, "epoch", "accuracy", "accuracy over epochs" if title is None else _tex(title))
+    _accuracy_axes(ax, "epoch", "accuracy", "accuracy over epochs" if title is None else tex(title))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if ax.lines:
         ax.legend(loc="lower right", fontsize=9)
@@ -128,7 +128,7 @@ def plot_accuracy_history(history: Sequence[dict[str, Any]], out: str | Path, ti
         ax2.set_ylabel("training loss")
         ax2.grid(alpha=0.3)
         ax.tick_params(labelbottom=True)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def plot_eps_curve(curve: Sequence[dict[str, Any]], out: str | Path, clean_accuracy: float | None = None,
@@ -144,12 +144,12 @@ def plot_eps_curve(curve: Sequence[dict[str, Any]], out: str | Path, clean_accur
     for name in names:
         xs, ys = _points(eps, [(c.get("per_attack") or {}).get(name) for c in pts])
         if xs:
-            ax.plot(xs, ys, marker=".", lw=1.2, alpha=0.85, label=_tex(name))
+            ax.plot(xs, ys, marker=".", lw=1.2, alpha=0.85, label=tex(name))
     if clean_accuracy is not None:
         ax.axhline(clean_accuracy, ls="--", color="#1f77b4", lw=1, label="clean")
-    _accuracy_axes(ax, "eps (perturbation budget)", "robust accuracy", "robust accuracy vs eps" if title is None else _tex(title))
+    _accuracy_axes(ax, "eps (perturbation budget)", "robust accuracy", "robust accuracy vs eps" if title is None else tex(title))
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncols=min(4, len(ax.lines)), frameon=False)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def plot_iterations_curve(curve: Sequence[dict[str, Any]], out: str | Path, title: str | None = None) -> Figure:
@@ -162,8 +162,8 @@ def plot_iterations_curve(curve: Sequence[dict[str, Any]], out: str | Path, titl
     if steps and min(steps) > 0 and max(steps) / min(steps) >= 20:
         ax.set_xscale("log")
     _accuracy_axes(ax, "attack iterations", "robust accuracy",
-                   "robust accuracy vs attack iterations" if title is None else _tex(title))
-    return _save(fig, out)
+                   "robust accuracy vs attack iterations" if title is None else tex(title))
+    return save_figure(fig, out)
 
 
 def plot_corruptions(table: dict[str, dict[str, float]], out: str | Path, clean_accuracy: float | None = None,
@@ -173,13 +173,13 @@ def plot_corruptions(table: dict[str, dict[str, float]], out: str | Path, clean_
     ax = fig.add_subplot(1, 1, 1)
     for name, row in table.items():
         pts = sorted((int(k), float(v)) for k, v in row.items())
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=_tex(name))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=tex(name))
     if clean_accuracy is not None:
         ax.axhline(clean_accuracy, ls="--", lw=1, color="#1f77b4", label="clean")
     ax.set_xticks(sorted({int(k) for row in table.values() for k in row}))
-    _accuracy_axes(ax, "severity", "accuracy", "accuracy under common corruptions" if title is None else _tex(title))
+    _accuracy_axes(ax, "severity", "accuracy", "accuracy under common corruptions" if title is None else tex(title))
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncols=4, frameon=False)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def plot_comparison(rows: Sequence[dict[str, Any]], out: str | Path) -> Figure:
@@ -196,7 +196,7 @@ def plot_comparison(rows: Sequence[dict[str, Any]], out: str | Path) -> Figure:
         for b, v in zip(bars, vals):
             ax.annotate(percent(v), (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom",
                         fontsize=8, xytext=(0, 2), textcoords="offset points")
-    ax.set_xticks(x, [_tex(r.get("title", i)) for i, r in enumerate(rows)], fontsize=9)
+    ax.set_xticks(x, [tex(r.get("title", i)) for i, r in enumerate(rows)], fontsize=9)
     ax.set_ylabel("accuracy")
     ax.set_xlabel("run")
     ax.set_ylim(0, 1.25)
@@ -204,7 +204,7 @@ def plot_comparison(rows: Sequence[dict[str, Any]], out: str | Path) -> Figure:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", ncols=2)
     ax.set_title("clean vs robust accuracy")
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def plot_eps_comparison(curves: dict[str, Sequence[dict[str, Any]]], out: str | Path) -> Figure:
@@ -213,10 +213,10 @@ def plot_eps_comparison(curves: dict[str, Sequence[dict[str, Any]]], out: str | 
     ax = fig.add_subplot(1, 1, 1)
     for label, curve in curves.items():
         pts = sorted(curve, key=lambda c: float(c["eps"]))
-        ax.plot([float(c["eps"]) for c in pts], [float(c["robust_accuracy"]) for c in pts], marker="o", label=_tex(label))
+        ax.plot([float(c["eps"]) for c in pts], [float(c["robust_accuracy"]) for c in pts], marker="o", label=tex(label))
     _accuracy_axes(ax, "eps (perturbation budget)", "robust accuracy (worst case)", "robust accuracy vs eps, all runs")
     ax.legend(fontsize=8)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def plot_adversarial_examples(data: dict[str, np.ndarray], class_names: Sequence[str], out: str | Path,
@@ -228,16 +228,16 @@ def plot_adversarial_examples(data: dict[str, np.ndarray], class_names: Sequence
     delta = xa - x
     scale = eps if eps else max(float(np.abs(delta).max()), 1e-12)
     rows = (("original", x), (f"perturbation\n(±{scale:g} → black/white)", 0.5 + delta / (2 * scale)), ("adversarial", xa))
-    fig, axes = _panel_grid(3, n, (max(4.0, 1.45 * n + 0.9), 5.4))
+    fig, axes = panel_grid(3, n, (max(4.0, 1.45 * n + 0.9), 5.4))
     for r, (label, imgs) in enumerate(rows):
         for ax, img in zip(axes[r], imgs):
-            _show(ax, img)
+            show_image(ax, img)
         axes[r][0].set_ylabel(label, fontsize=9)
     for c, caption in enumerate(example_captions(data, class_names)):
         before, _, after = caption.partition(" → ")
         fooled = int(data["pred_adv"][c]) != int(data["pred_clean"][c])
-        axes[2][c].set_xlabel(f"{_tex(before)}\n→ {_tex(after)}", fontsize=9, color="#c62828" if fooled else "#1a7f37")
-    return _save(fig, out)
+        axes[2][c].set_xlabel(f"{tex(before)}\n→ {tex(after)}", fontsize=9, color="#c62828" if fooled else "#1a7f37")
+    return save_figure(fig, out)
 
 
 def plot_feature_maps(data: dict[str, np.ndarray], layers: Sequence[dict[str, Any]], out: str | Path) -> Figure:
@@ -245,13 +245,13 @@ def plot_feature_maps(data: dict[str, np.ndarray], layers: Sequence[dict[str, An
     per layer: the channel's map for clean and adversarial input (shared colour scale) and the
     absolute difference."""
     rows = [lay for lay in layers if f"{lay['key']}.clean" in data and f"{lay['key']}.adv" in data]
-    fig, axes = _panel_grid(len(rows) + 1, 3, (7.2, 2.3 * (len(rows) + 1)))
+    fig, axes = panel_grid(len(rows) + 1, 3, (7.2, 2.3 * (len(rows) + 1)))
     xc, xa = data.get("input.clean"), data.get("input.adv")
     if xc is not None and xa is not None:
         d = np.asarray(xa) - np.asarray(xc)
         m = max(float(np.abs(d).max()), 1e-12)
         for ax, (img, t) in zip(axes[0], ((xc, "clean input"), (xa, "adversarial input"), (0.5 + d / (2 * m), "perturbation (amplified)"))):
-            _show(ax, img)
+            show_image(ax, img)
             ax.set_title(t, fontsize=9)
     else:
         for ax in axes[0]:
@@ -267,8 +267,8 @@ def plot_feature_maps(data: dict[str, np.ndarray], layers: Sequence[dict[str, An
         axes[r][2].set_title("|difference|", fontsize=9)
         fig.colorbar(im, ax=axes[r][1], shrink=0.8)
         fig.colorbar(diff, ax=axes[r][2], shrink=0.8)
-        axes[r][0].set_ylabel(_tex(f"{lay.get('label', lay['key'])}\n{lay.get('module', '')} ch {lay.get('channel', '?')}"), fontsize=9)
-    return _save(fig, out)
+        axes[r][0].set_ylabel(tex(f"{lay.get('label', lay['key'])}\n{lay.get('module', '')} ch {lay.get('channel', '?')}"), fontsize=9)
+    return save_figure(fig, out)
 
 
 def plot_loss_surface(coords: np.ndarray, loss: np.ndarray, out: str | Path, eps: float | None = None) -> Figure:
@@ -297,7 +297,7 @@ def plot_loss_surface(coords: np.ndarray, loss: np.ndarray, out: str | Path, eps
     ax3.set_ylabel("random" + unit, fontsize=8)
     ax3.set_title("loss surface (height: cross-entropy)")
     ax3.view_init(elev=30, azim=-135)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def plot_filters(weight: np.ndarray, out: str | Path, title: str | None = None, max_filters: int = 64) -> Figure:
@@ -306,7 +306,7 @@ def plot_filters(weight: np.ndarray, out: str | Path, title: str | None = None, 
     w = np.asarray(weight, dtype=np.float32)[:max_filters]
     n = len(w)
     rows, cols = _square_grid(n, max_cols=8)
-    fig, axes = _panel_grid(rows, cols, (0.75 * cols + 0.6, 0.75 * rows + 0.7), shown=n)
+    fig, axes = panel_grid(rows, cols, (0.75 * cols + 0.6, 0.75 * rows + 0.7), shown=n)
     for ax, f in zip(axes.flat, w):
         if f.shape[0] == 3:
             lo, hi = float(f.min()), float(f.max())
@@ -315,8 +315,8 @@ def plot_filters(weight: np.ndarray, out: str | Path, title: str | None = None, 
             g = f.mean(0)
             m = max(float(np.abs(g).max()), 1e-12)
             ax.imshow(g, cmap="RdBu_r", vmin=-m, vmax=m, interpolation="nearest")
-    fig.suptitle(_tex(title) if title else f"first-layer filters ({n})", fontsize=10)
-    return _save(fig, out)
+    fig.suptitle(tex(title) if title else f"first-layer filters ({n})", fontsize=10)
+    return save_figure(fig, out)
 
 
 def plot_class_visualisations(images: np.ndarray, class_names: Sequence[str], out: str | Path,
@@ -326,12 +326,12 @@ def plot_class_visualisations(images: np.ndarray, class_names: Sequence[str], ou
     imgs = np.asarray(images, dtype=np.float32)
     n = len(imgs)
     rows, cols = _square_grid(n, max_cols=5)
-    fig, axes = _panel_grid(rows, cols, (1.45 * cols + 0.4, 1.65 * rows + 0.5), shown=n)
+    fig, axes = panel_grid(rows, cols, (1.45 * cols + 0.4, 1.65 * rows + 0.5), shown=n)
     for i, (ax, img) in enumerate(zip(axes.flat, imgs)):
-        _show(ax, img)
+        show_image(ax, img)
         label = class_names[i] if i < len(class_names) else str(i)
         if probabilities is not None and i < len(probabilities):
             label = f"{label}\np={float(probabilities[i]):.2f}"
-        ax.set_title(_tex(label), fontsize=8)
-    fig.suptitle(_tex(title) if title else "class visualisations", fontsize=10)
-    return _save(fig, out)
+        ax.set_title(tex(label), fontsize=8)
+    fig.suptitle(tex(title) if title else "class visualisations", fontsize=10)
+    return save_figure(fig, out)

@@ -71,14 +71,14 @@ def evaluate_keeping_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor
     result is the one ``evaluate`` gives: the same attacks run on the same batches."""
     from .._torch import predict
     from ..evaluation import format_checks, run_checks
-    from ..evaluation.evaluate import _unique_names
+    from ..evaluation.evaluate import unique_names
     from ..evaluation.outcomes import run_attack
     from ..evaluation.suites import build_suite
     from ..validation import check_images
 
     check_images(x, threat)
     attack_list = build_suite(attacks, threat) if isinstance(attacks, str) else list(attacks)
-    names = _unique_names(attack_list)
+    names = unique_names(attack_list)
     clean_correct = (predict(model, x, batch_size) == y).cpu()
     alive = clean_correct.clone()
     x_adv = x.detach().clone()

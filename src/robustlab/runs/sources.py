@@ -59,6 +59,7 @@ class ModelSource:
         return out
 
     def describe(self) -> str:
+        """The model for messages: the entry point or the run directory, as given."""
         return str(self.entry if self.entry is not None else self.run)
 
 
@@ -73,6 +74,8 @@ class DataSource:
     root: str | None = None
 
     def check(self, run: str | None) -> None:
+        """Raise a ValueError for conflicting options (``--data`` with ``--dataset`` or ``--split``) or for
+        no data at all when there is no ``run`` to take it from."""
         if self.path is not None and self.dataset is not None:
             raise ValueError("give --data PATH or --dataset NAME, not both")
         if self.path is not None and self.split is not None:
@@ -83,6 +86,7 @@ class DataSource:
 
     @property
     def given(self) -> bool:
+        """True when ``--data`` or ``--dataset`` was given (False: the run's own data set)."""
         return self.path is not None or self.dataset is not None
 
     def load(self, run: str | None, device: torch.device, limit: int | None = None,
@@ -112,6 +116,7 @@ class DataSource:
         return x.to(device), y.to(device), info, ident
 
     def describe(self, run: str | None) -> str:
+        """The data for messages: the path, ``NAME (split)``, or the test set of ``run``."""
         if self.path is not None:
             return str(self.path)
         if self.dataset is not None:

@@ -60,10 +60,12 @@ class RunSpec:
     freeze: list[str] = field(default_factory=list)  # fnmatch patterns of parameter / module names
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as a JSON-able dict, one key per field; ``from_dict`` reads it back."""
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        """The spec from a ``to_dict`` dict (missing keys take their defaults); unknown keys are a ValueError."""
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown run config keys: {sorted(unknown)}")

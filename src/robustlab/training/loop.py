@@ -78,12 +78,15 @@ class TrainConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as a JSON-able dict for model.json: every field except ``progress`` (display only)."""
         d = asdict(self)
         d.pop("progress")
         return d
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser ``cfg`` names over the trainable parameters: SGD (Nesterov when momentum > 0),
+    AdamW or Adam, with ``cfg``'s learning rate and weight decay."""
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
@@ -216,7 +219,7 @@ def train(
     setup = getattr(objective, "setup", None)
     if callable(setup):
         setup(model, (x_train, y_train))
-    stop = _StopFlag()
+    stop = StopFlag()
     with stop.installed():
         for epoch in range(start_epoch, config.epochs):
             first = start_batch if epoch == start_epoch else 0
@@ -266,7 +269,7 @@ def _evaluate_epoch(model: nn.Module, test_data: tuple[torch.Tensor, torch.Tenso
 
 
 def _train_epoch(model, objective, opt, sched, x_train, y_train, config: TrainConfig, epoch: int, first: int,
-                 steps_per_epoch: int, logs_acc: dict[str, torch.Tensor], stop: _StopFlag, run: Path | None,
+                 steps_per_epoch: int, logs_acc: dict[str, torch.Tensor], stop: StopFlag, run: Path | None,
                  history: list[dict[str, Any]]) -> dict[str, Any]:
     """One epoch of optimiser steps from batch ``first``; returns the epoch's history line (without
     evaluation). Every ``config.checkpoint_every`` global steps it saves a mid-epoch state; on
@@ -339,7 +342,7 @@ class TrainingInterrupted(Exception):
         super().__init__(f"training interrupted by signal {signum}{where}")
 
 
-class _StopFlag:
+class StopFlag:
     """SIGINT/SIGTERM set a flag; the loop checks it between batches, so a signal never lands in
     the middle of an optimiser step or a checkpoint write."""
 
@@ -351,6 +354,8 @@ class _StopFlag:
 
     @contextlib.contextmanager
     def installed(self):
+        """Context manager: the flag's SIGINT/SIGTERM handlers while inside, the previous ones restored
+        on exit; in a thread other than the main one (where signals cannot be caught) it does nothing."""
         import threading
 
         if threading.current_thread() is not threading.main_thread():

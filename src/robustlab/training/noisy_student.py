@@ -74,10 +74,12 @@ class NoisyObjective:
         self.bounds = (float(bounds[0]), float(bounds[1]))
 
     def config(self) -> dict[str, Any]:
+        """The objective's name and noise settings, as recorded in checkpoints."""
         return {"name": self.name, "noise_std": self.noise_std, "max_shift": self.max_shift,
                 "flip_prob": self.flip_prob, "bounds": list(self.bounds)}
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with the input noise: random shift, random flip, Gaussian noise, clipped to ``bounds``."""
         x = random_flip(random_shift(x, self.max_shift), self.flip_prob)
         if self.noise_std > 0:
             x = x + self.noise_std * torch.randn_like(x)
@@ -136,6 +138,8 @@ class NoisyStudentConfig:
         return f"pgd{self.eval_steps}_accuracy"
 
     def student_model_options(self) -> dict[str, Any]:
+        """The student's model options: the teacher's, overridden by ``student_options``, plus the
+        student's dropout or stochastic depth when the model takes it and ``student_options`` does not set it."""
         from ..models import MODELS
 
         if self.model not in MODELS:
@@ -152,12 +156,15 @@ class NoisyStudentConfig:
 
 @dataclass
 class NoisyStudentResult:
+    """What a noisy-student run produced: the models (teacher first), each student's pseudo-labels and
+    kept images, and each generation's metrics."""
     models: list[nn.Module]  # teacher, student_1, ...
     pseudo_labels: list[torch.Tensor]  # the labels student k was trained on (from model k-1)
     kept: list[torch.Tensor]  # per student: which unlabelled images passed min_confidence
     metrics: list[dict[str, Any]]
 
     def summary(self) -> dict[str, Any]:
+        """The JSON-able summary: ``{"generations": metrics}``, one dict per model."""
         return {"generations": self.metrics}
 
 

@@ -40,7 +40,9 @@ class Objective(Protocol):
         """Return (scalar loss to minimise, logs of detached tensors or floats)."""
         ...
 
-    def config(self) -> dict[str, Any]: ...
+    def config(self) -> dict[str, Any]:
+        """The objective's name and settings, JSON-able, as recorded in checkpoints."""
+        ...
 
 
 def _acc(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -255,6 +257,8 @@ class TRADES(_Adversarial):
         self.beta, self.steps, self.rel_step_size = float(beta), int(steps), float(rel_step_size)
 
     def craft(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Adversarial examples for the TRADES term: PGD from a random start maximising KL(f(x) || f(x_adv)),
+        with the clean logits taken in eval mode."""
         model = unwrap(model)
         clean = _eval_logits(model, x)
 
