@@ -74,7 +74,7 @@ MUTATIONS: list[Mutation] = [
              "            xa = self.threat.project(xa.add(direction, alpha=self.step_size), xs)\n        if keep_final",
              "            direction, state = self._direction(self._movable(grad, xa), state)\n"
              "            xa = self.threat.clip_bounds(xa.add(direction, alpha=self.step_size))\n        if keep_final",
-             ("tests/attacks/test_contract.py", "-k", "queries"),
+             ("tests/attacks/test_contract.py", "-k", "every_query"),
              "PGD iterates leave the ball (the base class projects the output)"),
     # --- more plausible bugs ----------------------------------------------------------------------
     Mutation("atomic-write-skips-fsync", STORAGE, "            f.flush()\n            os.fsync(f.fileno())",
