@@ -158,9 +158,14 @@ def relaunch(nproc: int, argv: Sequence[str]) -> int:
     return subprocess.run(cmd, env=env).returncode
 
 
-def shutdown() -> None:
-    """Leave the process group (no-op outside one)."""
+def shutdown(wait: bool = False) -> None:
+    """Leave the process group (no-op outside one). ``wait``: first wait for every rank (after a
+    successful run), so no rank tears down its communication threads while another is still
+    finishing its last writes; a rank that did so aborted at exit ("terminate called without an
+    active exception"). Not after an error: a dead peer would make the wait time out."""
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -146,6 +146,7 @@ def evaluate(run, out, save_adversarial, attack_names, suite, eps_text, norm, st
     model, data, trust = _sources(run, kw)
     eps = parse_floats(eps_text, "--eps")
     iterations = parse_floats(iterations_text, "--iterations", whole=True) if iterations_text is not None else None
+    ok = False
     try:
         with trust:
             metrics = evaluate_run(run, attacks=attack_names.split(",") if attack_names else None, suite=suite, eps=eps,
@@ -153,8 +154,9 @@ def evaluate(run, out, save_adversarial, attack_names, suite, eps_text, norm, st
                                    checks=with_checks, iterations=iterations, corruptions=with_corruptions,
                                    device=device, progress=not quiet, model=model, data=data, out=out,
                                    save_adversarial=save_adversarial)
+        ok = True
     finally:
-        shutdown()
+        shutdown(wait=ok)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     if as_json:

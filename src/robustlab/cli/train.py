@@ -101,13 +101,15 @@ def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, mod
                          schedule=schedule, seed=seed, progress=not quiet, monitor_n=monitor_n, sync_batchnorm=sync_bn,
                          checkpoint_every=checkpoint_every)
     t0 = time.perf_counter()
+    ok = False
     try:
         metrics = train_run(spec, run, config, device=device, resume=resume)
+        ok = True
     except TrainingInterrupted as e:
         click.echo(str(e), err=True)
         sys.exit(e.exit_code)
     finally:
-        shutdown()
+        shutdown(wait=ok)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     click.echo(f"clean accuracy {metrics['clean_accuracy']:.4f} on {metrics['test_samples']} test images "
