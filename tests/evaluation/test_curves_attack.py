@@ -4,21 +4,12 @@ refuses when the choice is ambiguous (it used to switch silently from PGD to APG
 from __future__ import annotations
 
 import pytest
-import torch
 
 from robustlab import ThreatModel
 from robustlab.attacks import ATTACKS
 from robustlab.evaluation.curves import curve_attacks, iterations_attack_for, iterations_curve, iterations_metrics
 
 LINF = ThreatModel("linf", 0.1)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_curve_attacks_are_the_fixed_budget_gradient_attacks():

@@ -29,14 +29,6 @@ GRADIENT_ATTACKS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class InputNoise(nn.Module):
     """``inner(x + sd * N(0, 1))``: a randomised model, random in eval mode as well."""
 

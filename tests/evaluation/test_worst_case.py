@@ -13,14 +13,6 @@ from robustlab.attacks.fgsm import FGSM
 from robustlab.evaluation import evaluate
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_robust_accuracy_is_the_per_sample_worst_case(digits_model, digits):
     _, _, x, y = digits
     x, y = x[:150], y[:150]

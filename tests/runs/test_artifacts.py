@@ -28,15 +28,6 @@ from robustlab.threat import ThreatModel
 EPS = 0.1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is fastest, and far faster than two on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from robustlab.runs import RunSpec, train_run

@@ -29,14 +29,6 @@ CFG = dict(epochs=2, batch_size=64, lr=3e-3, seed=4, progress=False)
 STOP_AT = 30  # global batch 30: epoch 2 (22 batches per epoch on digits), batch 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _small(seed: int = 0):
     torch.manual_seed(seed)
     return build_model("small-cnn", 10, 1, input_size=8, channels=(8, 16), hidden=32)
