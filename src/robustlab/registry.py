@@ -33,6 +33,13 @@ def keyword_options(factory: Callable[..., Any], skip: Iterable[str] = ()) -> li
     return [p.name for p in params if p.name not in excluded and p.kind is not inspect.Parameter.VAR_POSITIONAL]
 
 
+def required_options(factory: Callable[..., Any]) -> list[str]:
+    """The parameters ``factory`` cannot do without (no default value)."""
+    return [p.name for p in inspect.signature(factory).parameters.values()
+            if p.default is inspect.Parameter.empty
+            and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+
+
 def check_options(factory: Callable[..., Any], options: Iterable[str], what: str, skip: Iterable[str] = ()) -> None:
     """ValueError ``unknown option(s) for <what>: ...; allowed: ...`` when ``options`` names a
     keyword that ``factory`` does not accept (``skip``: parameters the caller fills itself)."""

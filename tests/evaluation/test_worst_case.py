@@ -30,3 +30,19 @@ def test_robust_accuracy_is_the_per_sample_worst_case(digits_model, digits):
     # the attacks do break different samples, so the best single attack is strictly weaker
     best_single = min(float((clean & o.robust.cpu()).float().mean()) for o in res.outcomes)
     assert res.robust_accuracy <= best_single - 0.02, (res.robust_accuracy, res.per_attack)
+
+
+@pytest.mark.parametrize("cascade", [True, False])
+def test_keep_adversarial_reproduces_the_worst_case(digits_model, digits, cascade):
+    """``keep_adversarial``: the model on ``result.adversarial`` is right exactly on the samples
+    counted robust (the per-sample worst case), and every example is in the ball and bounds."""
+    _, _, x, y = digits
+    x, y = x[:150], y[:150]
+    t = ThreatModel("linf", 0.1)
+    res = evaluate(digits_model, x, y, t, [FGSM(t), PGD(t, steps=5, seed=0)], cascade=cascade, keep_adversarial=True)
+    assert res.adversarial is not None
+    with torch.no_grad():
+        right = digits_model(res.adversarial).argmax(1) == y
+    assert torch.equal(right, res.robust)
+    assert float((res.adversarial - x).abs().max()) <= 0.1 + 1e-6
+    assert evaluate(digits_model, x, y, t, [FGSM(t)]).adversarial is None

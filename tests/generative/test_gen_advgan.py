@@ -52,3 +52,22 @@ def test_trained_advgan_fools_the_tiny_classifier_and_reloads(tiny_classifier, d
 def test_advgan_refuses_what_is_not_a_generator():
     with pytest.raises(ValueError, match="generator must be"):
         AdvGAN(ThreatModel("linf", 0.1), 3)  # type: ignore[arg-type]
+
+
+def test_evaluate_builds_advgan_from_generator_and_refuses_it_without(tiny_classifier, digits, tmp_path):
+    """``evaluate --attacks advgan --generator GEN`` (evaluation_attack with the generator as a
+    resource) gives the same examples as the attack built by hand; without it, and ``transfer``
+    without a surrogate, is a ValueError naming the missing option."""
+    from robustlab.runs.evaluate import evaluation_attack
+
+    xtr, ytr, xte, yte = digits
+    threat = ThreatModel("linf", 0.3)
+    cfg = AdvGanConfig(eps=0.3, epochs=1, batch_size=32, width=4, monitor_n=50)
+    train_advgan(tiny_classifier, xtr[:200], ytr[:200], cfg, xte, yte, run_dir=tmp_path / "gen", progress=False)
+    built = evaluation_attack("advgan", threat, steps=7, resources={"generator": tmp_path / "gen", "surrogate": None})
+    assert isinstance(built, AdvGAN)
+    assert torch.equal(built(tiny_classifier, xte[:20], yte[:20]), AdvGAN(threat, tmp_path / "gen")(tiny_classifier, xte[:20], yte[:20]))
+    with pytest.raises(ValueError, match="advgan attack needs --generator"):
+        evaluation_attack("advgan", threat)
+    with pytest.raises(ValueError, match="transfer attack needs --surrogate"):
+        evaluation_attack("transfer", threat, resources={"generator": tmp_path / "gen"})

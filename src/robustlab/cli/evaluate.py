@@ -123,17 +123,19 @@ def attack(run, attack_name, norm, eps, steps, target, attack_option, n, batch_s
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (with --out: evaluation.json's document).")
 @click.option("--surrogate", default=None, type=click.Path(exists=True, file_okay=False),
               help="Run whose model crafts the 'transfer' attack's examples.")
+@click.option("--generator", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Generator run (robustlab advgan train) of the 'advgan' attack.")
 @click.option("--checks", "with_checks", is_flag=True, help="Also run the gradient-masking checks.")
 @click.option("--iterations", "iterations_text", default=None,
               help="Comma-separated step counts, e.g. 10,20,50,100,1000: robust accuracy vs attack iterations "
-                   "(APGD-CE at the first --eps; PGD with --attacks pgd).")
+                   "(at the first --eps, with the one iterative attack in --attacks; APGD-CE with --suite).")
 @click.option("--corruptions", "with_corruptions", is_flag=True,
               help="Also accuracy under common corruptions (noise, blur, contrast, brightness, rotation, shift), "
                    "severities 1-5.")
 @click.option("--nproc", type=int, default=1, show_default=True, help="Shard the evaluation over N processes (torchrun).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True)
-def evaluate(run, out, save_adversarial, attack_names, suite, eps_text, norm, steps, n, batch_size, as_json, surrogate,
+def evaluate(run, out, save_adversarial, attack_names, suite, eps_text, norm, steps, n, batch_size, as_json, surrogate, generator,
              with_checks, iterations_text, with_corruptions, nproc, device, quiet, **kw) -> None:
     """Clean accuracy, and robust accuracy under attacks or a suite, of RUN (writes RUN/metrics.json)
     or of --model on --data (writes --out DIR/evaluation.json)."""
@@ -150,7 +152,7 @@ def evaluate(run, out, save_adversarial, attack_names, suite, eps_text, norm, st
     try:
         with trust:
             metrics = evaluate_run(run, attacks=attack_names.split(",") if attack_names else None, suite=suite, eps=eps,
-                                   norm=norm, steps=steps, n=n, batch_size=batch_size, surrogate=surrogate,
+                                   norm=norm, steps=steps, n=n, batch_size=batch_size, surrogate=surrogate, generator=generator,
                                    checks=with_checks, iterations=iterations, corruptions=with_corruptions,
                                    device=device, progress=not quiet, model=model, data=data, out=out,
                                    save_adversarial=save_adversarial)

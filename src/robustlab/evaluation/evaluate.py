@@ -44,6 +44,7 @@ def evaluate(
     progress: bool = False,
     checks: bool = False,
     checks_scale: float = 1.0,
+    keep_adversarial: bool = False,
 ) -> EvaluationResult:
     """Clean accuracy and per-sample worst-case robust accuracy of ``model`` under ``attacks``.
 
@@ -53,7 +54,9 @@ def evaluate(
     With ``checks=True`` the gradient-masking checks of :func:`robustlab.checks.run_checks` run
     afterwards (against this result) and fill ``result.checks``; any WARN is also issued as a
     ``RuntimeWarning`` with the lines of :func:`robustlab.checks.format_checks`;
-    ``checks_scale`` multiplies their step, query and draw counts.
+    ``checks_scale`` multiplies their step, query and draw counts. With ``keep_adversarial``
+    ``result.adversarial`` holds the per-sample worst case: the example of the first attack that
+    broke the sample, else the sample itself (so the model on it gives ``robust_accuracy``).
     """
     check_images(x, threat)
     check_same_device(model, x=x, y=y)
@@ -73,18 +76,25 @@ def evaluate(
     clean_correct = (predict(model, x, batch_size) == y).cpu()
     outcomes: list[AttackOutcome] = []
     alive = clean_correct.clone().to(x.device)
+    unbroken = clean_correct.clone()  # not yet broken by any attack (cascade or not)
+    x_adv = x.detach().clone() if keep_adversarial else None
     for name, attack in zip(unique_names(attack_list), attack_list):
         a = copy.copy(attack)
         a.early_stop = early_stop or a.early_stop
         a.name = name
         out = run_attack(model, x, y, a, batch_size, only=alive if cascade else None, progress=progress,
-                         clean_correct=clean_correct)
+                         clean_correct=clean_correct, keep_examples=keep_adversarial)
         if cascade:
             # Samples not attacked because an earlier attack broke them stay broken.
             out.robust &= alive.cpu()
             alive = alive & out.robust.to(x.device)
+        if x_adv is not None and out.examples is not None:
+            first_break = unbroken & ~out.robust
+            x_adv[first_break.to(x.device)] = out.examples[first_break].to(x.device, x.dtype)
+            out.examples = None
+        unbroken &= out.robust
         outcomes.append(out)
-    result = EvaluationResult(threat, len(x), clean_correct, outcomes, cascade)
+    result = EvaluationResult(threat, len(x), clean_correct, outcomes, cascade, adversarial=x_adv)
     if checks:
         names = unique_names(attack_list)
         gradient_names = [n for n, a in zip(names, attack_list) if getattr(a, "uses_gradients", True)]

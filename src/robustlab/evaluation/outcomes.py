@@ -140,6 +140,9 @@ class EvaluationResult:
     cascade: bool
     checks: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: With ``evaluate(..., keep_adversarial=True)``: per sample the example of the first attack
+    #: that broke it, else the input itself (not part of the JSON).
+    adversarial: torch.Tensor | None = None
 
     @property
     def clean_accuracy(self) -> float:

@@ -11,10 +11,8 @@ evaluation's per-sample outcomes to ``RUN/evaluation.json``; :func:`attack_run` 
 
 from __future__ import annotations
 
-import copy
 import os
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,10 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attacks import ATTACKS, Attack, Transfer, attack_options, build_attack
+from ..attacks import ATTACKS, Attack, attack_options, build_attack
 from ..distributed import init_from_env
 from ..evaluation import EvaluationResult, clean_accuracy, corruption_metrics, evaluate, iterations_metrics
 from ..evaluation.curves import iterations_attack_for
+from ..registry import required_options
 from ..storage import atomic_save_safetensors, atomic_write_json, atomic_write_text, load_model
 from ..storage.layout import ATTACK_EXAMPLES, ATTACK_SUMMARY, EVALUATION_FILE, METRICS_FILE, read_json
 from ..threat import ThreatModel, canonical_norm
@@ -39,68 +38,38 @@ EVALUATION_KEYS = ("evaluated_samples", "evaluation_clean_accuracy", "robust_acc
                    "corruptions_n", "mean_corruption_accuracy", "evaluate_seconds", "evaluation_keys")
 
 
-def evaluation_attack(name: str, threat: ThreatModel, steps: int | None = None, surrogate: Any | None = None) -> Attack:
+#: Models an attack needs from outside (its constructor option -> how the CLI takes it).
+ATTACK_RESOURCES = {
+    "surrogate": "--surrogate RUN (the model that crafts the examples)",
+    "generator": "--generator GEN (a generator trained with robustlab advgan train)",
+}
+
+
+def evaluation_attack(name: str, threat: ThreatModel, steps: int | None = None,
+                      resources: dict[str, Any] | None = None) -> Attack:
     """One attack of ``evaluate --attacks``: seeded (seed 0) when it takes a seed, ``steps`` mapped
-    to its budget (``steps``, or ``queries`` for query attacks); ``transfer`` crafts its examples
-    on the ``surrogate`` model."""
-    if name == "transfer":
-        if surrogate is None:
-            raise ValueError("the transfer attack needs --surrogate RUN (the model that crafts the examples)")
-        return Transfer(threat, surrogate)
+    to its budget (``steps``, or ``queries`` for query attacks), and each of ``resources`` (e.g.
+    ``surrogate`` for ``transfer``, ``generator`` for ``advgan``) given to the attacks that take
+    it. An attack that requires a resource nobody gave is a ValueError naming the option."""
     if name not in ATTACKS:
         build_attack(name, threat)  # raises the registry's "unknown attack" error
-    allowed = attack_options(ATTACKS[name]) or []
+    cls = ATTACKS[name]
+    allowed = attack_options(cls) or []
     opts: dict[str, Any] = {"seed": 0} if "seed" in allowed else {}
     if steps is not None:
         if "steps" in allowed:
             opts["steps"] = steps
         elif "queries" in allowed:
             opts["queries"] = steps
+    opts.update({k: v for k, v in (resources or {}).items() if k in allowed and v is not None})
+    for option, how in ATTACK_RESOURCES.items():
+        if option in required_options(cls) and option not in opts:
+            raise ValueError(f"the {name} attack needs {how}")
     return build_attack(name, threat, **opts)
 
 
 def _is_rank0() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def evaluate_keeping_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
-                              attacks: str | Sequence[Attack], batch_size: int = 500, progress: bool = False,
-                              checks: bool = False) -> tuple[EvaluationResult, torch.Tensor]:
-    """:func:`robustlab.evaluate` (cascade, early stop) that also returns the per-sample worst
-    case: the example of the first attack that broke each sample, else the sample itself. The
-    result is the one ``evaluate`` gives: the same attacks run on the same batches."""
-    from .._torch import predict
-    from ..evaluation import format_checks, run_checks
-    from ..evaluation.evaluate import unique_names
-    from ..evaluation.outcomes import run_attack
-    from ..evaluation.suites import build_suite
-    from ..validation import check_images
-
-    check_images(x, threat)
-    attack_list = build_suite(attacks, threat) if isinstance(attacks, str) else list(attacks)
-    names = unique_names(attack_list)
-    clean_correct = (predict(model, x, batch_size) == y).cpu()
-    alive = clean_correct.clone()
-    x_adv = x.detach().clone()
-    outcomes = []
-    for name, attack in zip(names, attack_list):
-        a = copy.copy(attack)
-        a.early_stop, a.name = True, name
-        out = run_attack(model, x, y, a, batch_size, only=alive.to(x.device), progress=progress,
-                         clean_correct=clean_correct, keep_examples=True)
-        out.robust &= alive
-        broken_now = alive & ~out.robust
-        x_adv[broken_now.to(x.device)] = out.examples[broken_now].to(x.device, x.dtype)  # type: ignore[index]
-        out.examples = None
-        alive &= out.robust
-        outcomes.append(out)
-    result = EvaluationResult(threat, len(x), clean_correct, outcomes, True)
-    if checks:
-        gradient = [n for n, a in zip(names, attack_list) if getattr(a, "uses_gradients", True)]
-        result.checks = run_checks(model, x, y, threat, result=result, whitebox_names=gradient, batch_size=batch_size)
-        if any(c["status"] != "PASS" for c in result.checks):
-            warnings.warn("\n" + format_checks(result.checks), RuntimeWarning, stacklevel=2)
-    return result, x_adv
 
 
 def replace_evaluation_metrics(run: str | Path, metrics: dict[str, Any]) -> None:
@@ -126,6 +95,7 @@ def evaluate_run(
     n: int | None = None,
     batch_size: int = 500,
     surrogate: str | Path | None = None,
+    generator: str | Path | None = None,
     checks: bool = False,
     iterations: Sequence[int] | None = None,
     corruptions: bool = False,
@@ -173,7 +143,8 @@ def evaluate_run(
         raise ValueError("--out must be a new evaluation directory, not the run directory")
     dev = init_from_env(resolve_device(device))
     net, x, y, info, data_id = model_and_data(src, data, dev, limit=n)
-    surrogate_model = load_model(surrogate, map_location=dev) if surrogate else None
+    resources = {"surrogate": load_model(surrogate, map_location=dev) if surrogate else None,
+                 "generator": generator}
     t0 = time.perf_counter()
     clean = clean_accuracy(net, x, y, batch_size)
     # The run's headline clean_accuracy is the full test set's; a subset (n) is kept apart.
@@ -185,12 +156,11 @@ def evaluate_run(
     curve: list[dict[str, Any]] = []
     if names is not None or suite:
         for k, (eps_value, threat) in enumerate(zip(eps_values, threats)):
-            attack_list: Any = suite or [evaluation_attack(a, threat, steps, surrogate_model) for a in names or ()]
-            if k == 0 and save_adversarial:
-                res, x_adv = evaluate_keeping_examples(net, x, y, threat, attack_list, batch_size, progress, checks)
-            else:
-                res = evaluate(net, x, y, threat, attack_list, batch_size=batch_size, progress=progress,
-                               checks=checks and k == 0)
+            attack_list: Any = suite or [evaluation_attack(a, threat, steps, resources) for a in names or ()]
+            res = evaluate(net, x, y, threat, attack_list, batch_size=batch_size, progress=progress,
+                           checks=checks and k == 0, keep_adversarial=save_adversarial and k == 0)
+            if k == 0:
+                x_adv = res.adversarial
             curve.append({"eps": eps_value, "robust_accuracy": res.robust_accuracy, "per_attack": res.per_attack,
                           "result": res})
         head = curve[0]["result"]  # the first eps is the headline budget; the rest make the curve
@@ -303,5 +273,5 @@ def attack_run(
     return summary
 
 
-__all__ = ["EVALUATION_KEYS", "attack_run", "evaluate_keeping_examples", "evaluate_run", "evaluation_attack",
+__all__ = ["EVALUATION_KEYS", "attack_run", "evaluate_run", "evaluation_attack",
            "replace_evaluation_metrics"]
