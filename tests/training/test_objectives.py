@@ -24,7 +24,10 @@ def model():
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
 def test_every_objective_gives_a_finite_differentiable_loss_and_keeps_train_mode(name, model, batch):
     x, y = batch
-    obj = build_objective(name, **({} if name == "clean" else {"eps": 0.1} if name != "noise" else {"alpha": 0.1}))
+    options = {"clean": {}, "nsl-graph": {}, "noise": {"alpha": 0.1}}.get(name, {"eps": 0.1})
+    obj = build_objective(name, **options)
+    if hasattr(obj, "prepare"):  # e.g. advprop's auxiliary BatchNorms
+        obj.prepare(model)
     if hasattr(obj, "setup"):
         obj.setup(model, batch)
     loss, logs = obj(model, x, y)

@@ -34,8 +34,9 @@ from .common import argv_without_nproc, json_object, main, merge_options, parse_
 @click.option("--batchnorm/--no-batchnorm", default=None, help="BatchNorm in small-cnn / mlp.")
 @click.option("--activation", default=None, help="relu | gelu | silu | softplus")
 @click.option("--denoise", default=None, metavar="OP",
-              help="Feature-denoising blocks (small-cnn, resnet18): nonlocal | mean | median | bilateral "
-                   "(tune with --model-option denoise_embed=dot, denoise_stages=[1], ...).")
+              help="Feature-denoising blocks (small-cnn, resnet18): nonlocal | mean | median | bilateral, or the "
+                   "controls null | bottleneck (tune with --model-option denoise_embed=dot, denoise_stages=[1], "
+                   "denoise_every_block=true, ...).")
 @click.option("--model-option", "model_option", multiple=True, help="Extra model option KEY=VALUE (repeatable).")
 @click.option("--defense", default="clean", show_default=True, help="Training objective (clean, or an adversarial one).")
 @click.option("--eps", type=float, default=None, help="Defense budget (adversarial objectives).")
@@ -103,7 +104,7 @@ def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, mod
     t0 = time.perf_counter()
     ok = False
     try:
-        metrics = train_run(spec, run, config, device=device, resume=resume)
+        metrics = train_run(spec, run, config, device=device, resume=resume, on_stage=_print_offline_stage)
         ok = True
     except TrainingInterrupted as e:
         click.echo(str(e), err=True)
@@ -114,6 +115,12 @@ def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, mod
         return
     click.echo(f"clean accuracy {metrics['clean_accuracy']:.4f} on {metrics['test_samples']} test images "
                f"({time.perf_counter() - t0:.0f}s); run written to {run}")
+
+
+def _print_offline_stage(stage: int, text: str, numbers: dict) -> None:
+    """One line per finished step of ``--defense offline`` (rank 0 only); the numbers are in metrics.json."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"offline step {stage}/7: {text}")
 
 
 # --- demo ------------------------------------------------------------------------------------

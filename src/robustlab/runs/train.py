@@ -190,9 +190,11 @@ def build_run_model(spec: RunSpec, info: Any, x_one: torch.Tensor, y: torch.Tens
     return model, opts
 
 
-def train_run(spec: RunSpec, run_dir: str | Path, config: TrainConfig, device: str = "auto", resume: bool = False) -> dict[str, Any]:
+def train_run(spec: RunSpec, run_dir: str | Path, config: TrainConfig, device: str = "auto", resume: bool = False,
+              on_stage: Any | None = None) -> dict[str, Any]:
     """Train (or resume) the run in ``run_dir`` and return its metrics. Under torchrun, a restarted
-    worker group resumes by itself (see :func:`elastic_resume`)."""
+    worker group resumes by itself (see :func:`elastic_resume`). ``on_stage(stage, text, numbers)``
+    hears of each finished step of the offline pipeline (``defense="offline"``)."""
     from ..distributed import dist_info, init_from_env, wrap
 
     run = Path(run_dir)
@@ -204,7 +206,7 @@ def train_run(spec: RunSpec, run_dir: str | Path, config: TrainConfig, device: s
             print(f"torchrun restarted the workers: resuming {run} from its latest checkpoint", file=sys.stderr)
     if resume:
         cfg_path = run / CONFIG_FILE
-        if not cfg_path.is_file() or not (run / STATE_FILE).is_file():
+        if not cfg_path.is_file() or not _has_state(run):
             raise ValueError(f"cannot resume: {run} has no {CONFIG_FILE} and {STATE_FILE} (was it started with --out {run}?)")
         saved = json.loads(cfg_path.read_text())
         spec = RunSpec.from_dict(saved["spec"])
@@ -212,7 +214,7 @@ def train_run(spec: RunSpec, run_dir: str | Path, config: TrainConfig, device: s
         tc["progress"] = config.progress
         config = TrainConfig(**tc)
     else:
-        if (run / STATE_FILE).exists():
+        if _has_state(run):
             raise ValueError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
     x_tr, y_tr, info = load_split(spec, "train", dev)
     x_te, y_te, _ = load_split(spec, "test", dev)
@@ -225,8 +227,11 @@ def train_run(spec: RunSpec, run_dir: str | Path, config: TrainConfig, device: s
         atomic_write_json(run / CONFIG_FILE, {"spec": spec.to_dict(), "training": config.to_dict()})
     metadata = {"dataset": info.to_dict(), "spec": spec.to_dict()}
     if spec.defense == "offline":
-        return _offline_run(spec, run, config, (x_tr, y_tr), (x_te, y_te), info, opts, metadata, resume)
+        return _offline_run(spec, run, config, (x_tr, y_tr), (x_te, y_te), info, opts, metadata, resume, on_stage)
     objective = objective_for_spec(spec)
+    prepare = getattr(objective, "prepare", None)
+    if callable(prepare):
+        prepare(model)  # before the optimiser is built (advprop's auxiliary BatchNorms)
     model = wrap(model, dev, config.sync_batchnorm)
     result = train(
         model,
@@ -239,6 +244,9 @@ def train_run(spec: RunSpec, run_dir: str | Path, config: TrainConfig, device: s
         monitor_attack=monitor,
         metadata=metadata,
     )
+    finish = getattr(objective, "finish", None)
+    if callable(finish):
+        finish(model, run if rank == 0 else None)  # advprop: drop the twins, save the plain model
     metrics = {
         "clean_accuracy": sharded_accuracy(model, x_te, y_te, config.eval_batch_size),
         "test_samples": int(len(y_te)),
@@ -268,14 +276,17 @@ def load_run_data(run_dir: str | Path, split: str = "test", device: str | torch.
     return load_split(spec, split, dev)
 
 
+def _has_state(run: Path) -> bool:
+    """A training state in ``run`` (or in its offline pipeline's first stage, ``run/stage1``)."""
+    return (run / STATE_FILE).is_file() or (run / "stage1" / STATE_FILE).is_file()
+
+
 def _offline_run(spec: RunSpec, run: Path, config: TrainConfig, train_data, test_data, info, opts, metadata,
-                 resume: bool) -> dict[str, Any]:
+                 resume: bool, on_stage: Any | None = None) -> dict[str, Any]:
     """The slides' offline retraining pipeline (see :mod:`robustlab.training.offline`)."""
     from ..models import build_model
     from ..training.offline import offline_retraining
 
-    if resume:
-        raise ValueError("the offline pipeline cannot resume; start it again with a new --out")
     unknown = set(spec.defense_options) - {"eps", "norm"}
     if unknown:
         raise ValueError(f"unknown option(s) for defense 'offline': {', '.join(sorted(unknown))}; allowed: eps, norm")
@@ -288,6 +299,7 @@ def _offline_run(spec: RunSpec, run: Path, config: TrainConfig, train_data, test
         return build_model(spec.model, info.num_classes, c, **opts).to(dev)
 
     model, metrics = offline_retraining(make_model, train_data, test_data, config, run_dir=run, metadata=metadata,
+                                        resume=resume, monitor_attack=build_monitor(spec), on_stage=on_stage,
                                         **spec.defense_options)
     metrics.update({"clean_accuracy": metrics["retrained_clean_accuracy"], "test_samples": int(len(test_data[1])),
                     "epochs": config.epochs})

@@ -143,6 +143,27 @@ def sharded_accuracy(
     return correct / max(len(x), 1)
 
 
+def monitor_counts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Any, batch_size: int) -> dict[str, float]:
+    """The monitor attack's numbers on (x, y): ``adv_accuracy`` (over all samples) and
+    ``adv_accuracy_on_correct`` (over the originals the model classifies correctly, the exercise's
+    measure; 0.0 when none is). Sharded like :func:`sharded_accuracy`; equal to one process."""
+    rank, world = dist_info()
+    xs, ys = (x[rank::world], y[rank::world]) if world > 1 else (x, y)
+    inner = unwrap(model)
+    counts = [0.0, 0.0, 0.0]  # adversarially correct, clean correct, both
+    for i in range(0, len(xs), batch_size):
+        xb, yb = xs[i : i + batch_size], ys[i : i + batch_size]
+        clean = predict(inner, xb, batch_size) == yb
+        adv = predict(inner, attack(inner, xb, yb), batch_size) == yb
+        counts[0] += int(adv.sum())
+        counts[1] += int(clean.sum())
+        counts[2] += int((adv & clean).sum())
+    if world > 1:
+        counts = [sum_across_ranks(c, x.device) for c in counts]
+    return {"adv_accuracy": counts[0] / max(len(x), 1),
+            "adv_accuracy_on_correct": counts[2] / counts[1] if counts[1] else 0.0}
+
+
 @dataclass
 class TrainResult:
     """The history lines of all epochs (resumed ones included) and the epoch a resume started at."""
@@ -257,9 +278,7 @@ def _evaluate_epoch(model: nn.Module, test_data: tuple[torch.Tensor, torch.Tenso
         out["clean_accuracy"] = sharded_accuracy(model, *test_data, batch_size=config.eval_batch_size)
         if monitor_attack is not None:
             n = min(config.monitor_n, len(test_data[0]))
-            out["adv_accuracy"] = sharded_accuracy(
-                model, test_data[0][:n], test_data[1][:n], config.eval_batch_size, attack=monitor_attack
-            )
+            out.update(monitor_counts(model, test_data[0][:n], test_data[1][:n], monitor_attack, config.eval_batch_size))
             out["adv_attack"] = repr(monitor_attack)
     except ValueError as e:
         if "NaN or infinite" not in str(e):  # not the logits check of predict / the attacks

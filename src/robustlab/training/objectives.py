@@ -5,7 +5,8 @@ plus a few numbers to log. Adversarial objectives craft their examples through t
 ``Attack`` call, which leaves the model's train mode and parameters exactly as it found them.
 
 Registered names (``build_objective``): clean, fgsm-at, pgd-at, mix, fast-at, trades, alp,
-adv-reg, noise. (``offline`` retraining is a pipeline, see :mod:`.offline`.)
+adv-reg, noise, nsl-graph (:mod:`.nsl_graph`), advprop (:mod:`.advprop`). (``offline`` retraining is
+a pipeline, see :mod:`.offline`.)
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attacks import FGSM, PGD, Attack, build_attack
+from ..attacks import FGSM, FGV, PGD, Attack, build_attack
 from ..distributed import unwrap
 from ..registry import check_options, lookup
 from ..threat import ThreatModel, canonical_norm
+from .advprop import AdvProp
+from .nsl_graph import NSLGraph
 
 Logs = dict[str, Any]
 
@@ -104,13 +107,18 @@ class _Adversarial(_Configured):
 class FGSMAT(_Adversarial):
     """FGSM adversarial training (Goodfellow et al. 2015, equal weights): gradient of CE on the
     clean batch plus gradient of CE on its FGSM batch (crafted with the current weights), one
-    update with the sum."""
+    update with the sum. ``attack="fgv"`` crafts with the fast gradient value instead (the raw
+    gradient scaled to the budget per sample, :class:`~robustlab.attacks.FGV`)."""
 
     name = "fgsm-at"
+    ATTACKS = {"fgsm": FGSM, "fgv": FGV}
 
-    def __init__(self, eps: float = 0.1, norm: str = "linf") -> None:
-        super().__init__(eps, norm)
-        self.attack = FGSM(self.threat)
+    def __init__(self, eps: float = 0.1, norm: str = "linf", attack: str = "fgsm") -> None:
+        key = str(attack).strip().lower()
+        if key not in self.ATTACKS:
+            raise ValueError(f"unknown attack {attack!r} for defense 'fgsm-at': expected one of {', '.join(self.ATTACKS)}")
+        super().__init__(eps, norm, attack=key)
+        self.attack = self.ATTACKS[key](self.threat)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
         lc, la = _pair_logits(model, x, self.attack(unwrap(model), x, y))
@@ -361,6 +369,8 @@ OBJECTIVES: dict[str, Callable[..., Any]] = {
     "alp": ALP,
     "adv-reg": AdvReg,
     "noise": NoiseTraining,
+    "nsl-graph": NSLGraph,
+    "advprop": AdvProp,
 }
 
 
