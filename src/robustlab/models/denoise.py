@@ -16,6 +16,11 @@ Operations (``op=``):
   ``exp(-d_ij^2 / (2 sigma_r^2))`` with ``d_ij^2`` the mean over channels of the squared feature
   difference, normalised over the window; the same weights for every channel (a joint filter).
 
+Control (``op="null"``, the paper's "null" block): no denoising operation at all, just
+``x + conv1x1(x)`` -- the 1x1 conv and the residual, so a gain of the real ops over it is the
+denoising and not the extra layer. (The other control, ordinary residual bottleneck blocks of about
+the same size, is :class:`~robustlab.models.bottleneck.BottleneckBlock`.)
+
 Ablations: ``use_conv=False`` sends the op's output straight to the residual add (or out, with
 ``residual=False``); ``residual=False`` drops the skip connection (the 1x1 conv then starts as the
 identity map instead of zero, so the block starts as the plain op).
@@ -32,6 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 OPS: tuple[str, ...] = ("nonlocal", "mean", "median", "bilateral")
+# The paper's controls: the null block (1x1 conv + residual, no op) and ordinary bottleneck blocks.
+CONTROLS: tuple[str, ...] = ("null", "bottleneck")
 EMBEDS: tuple[str, ...] = ("gaussian", "dot")
 PADDINGS: tuple[str, ...] = ("replicate", "reflect")
 
@@ -139,7 +146,8 @@ class DenoiseBlock(nn.Module):
 
     Args:
         channels: channels of the feature map (kept).
-        op: ``nonlocal`` | ``mean`` | ``median`` | ``bilateral``.
+        op: ``nonlocal`` | ``mean`` | ``median`` | ``bilateral``, or ``null`` (no op: the control
+            block ``x + conv1x1(x)``; needs ``use_conv``).
         embed: non-local weights, ``gaussian`` (softmax) or ``dot`` (dot product / N).
         use_conv: apply the 1x1 conv after the op (ablation: False).
         residual: add the block's input (ablation: False).
@@ -164,8 +172,10 @@ class DenoiseBlock(nn.Module):
         if int(channels) < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
         op = str(op).lower()
-        if op not in OPS:
-            raise ValueError(f"unknown denoising op {op!r}: expected one of {', '.join(OPS)}")
+        if op not in OPS and op != "null":
+            raise ValueError(f"unknown denoising op {op!r}: expected one of {', '.join(OPS)}, null")
+        if op == "null" and not use_conv:
+            raise ValueError("the null block is the 1x1 conv and the residual: it needs use_conv=True")
         padding = str(padding).lower()
         if padding not in PADDINGS:
             raise ValueError(f"unknown padding {padding!r}: expected one of {', '.join(PADDINGS)}")
@@ -173,6 +183,8 @@ class DenoiseBlock(nn.Module):
         self.use_conv, self.residual = bool(use_conv), bool(residual)
         if op == "nonlocal":
             self.op: nn.Module = NonLocalMeans(self.channels, embed, embed_channels)
+        elif op == "null":
+            self.op = nn.Identity()  # nothing between the input and the 1x1 conv
         elif op == "mean":
             self.op = MeanFilter()
         elif op == "median":
@@ -204,4 +216,4 @@ class DenoiseBlock(nn.Module):
         return x + out if self.residual else out
 
 
-__all__ = ["BilateralFilter", "DenoiseBlock", "EMBEDS", "MeanFilter", "MedianFilter", "NonLocalMeans", "OPS", "PADDINGS"]
+__all__ = ["BilateralFilter", "CONTROLS", "DenoiseBlock", "EMBEDS", "MeanFilter", "MedianFilter", "NonLocalMeans", "OPS", "PADDINGS"]

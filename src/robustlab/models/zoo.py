@@ -71,26 +71,45 @@ def _denoise_blocks(
     conv: bool,
     residual: bool,
     options: dict[str, Any] | None,
+    activation: str = "relu",
+    every_block: bool = False,
+    batchnorm: bool = True,
 ) -> dict[int, Callable[[int], nn.Module]]:
-    """Which stages get a :class:`~robustlab.denoise.DenoiseBlock` after them, and how to build
-    one for a given channel count (empty when ``denoise`` is None)."""
+    """Which stages get a :class:`~robustlab.denoise.DenoiseBlock` (or, for ``denoise="bottleneck"``,
+    a :class:`~robustlab.models.bottleneck.BottleneckBlock` with the model's ``activation`` and, unless
+    ``denoise_options`` say otherwise, its ``batchnorm``) after them, and how to build one for a
+    given channel count (empty when ``denoise`` is None)."""
+    if not isinstance(every_block, bool):
+        raise ValueError(f"denoise_every_block must be true or false, got {every_block!r}")
     if denoise is None:
-        if stages is not None or options:
-            raise ValueError("denoise_stages / denoise_options need denoise=<op>")
+        if stages is not None or options or every_block:
+            raise ValueError("denoise_stages / denoise_options / denoise_every_block need denoise=<op>")
         return {}
-    from .denoise import DenoiseBlock
+    from .denoise import CONTROLS, OPS, DenoiseBlock
 
+    op = str(denoise).lower()
+    if op not in OPS + CONTROLS:
+        raise ValueError(f"unknown denoising op {denoise!r}: expected one of {', '.join(OPS + CONTROLS)}")
     chosen = list(valid) if stages is None else [int(s) for s in stages]
     bad = [s for s in chosen if s not in valid]
     if bad or not chosen or len(set(chosen)) != len(chosen):
         raise ValueError(f"denoise_stages must be distinct values from {list(valid)}, got {stages}")
     extra = dict(options or {})
-    allowed = {"embed_channels", "padding", "sigma_spatial", "sigma_range"}
+    allowed: set[str] = {"null": set(), "bottleneck": {"bottleneck_channels", "batchnorm"}}.get(
+        op, {"embed_channels", "padding", "sigma_spatial", "sigma_range"})
     if set(extra) - allowed:
-        raise ValueError(f"unknown denoise_options {sorted(set(extra) - allowed)}; allowed: {', '.join(sorted(allowed))}")
+        raise ValueError(f"unknown denoise_options {sorted(set(extra) - allowed)} for denoise={op}; "
+                         f"allowed: {', '.join(sorted(allowed)) or 'none'}")
+    if op == "bottleneck":
+        if not (conv and residual):
+            raise ValueError("denoise_conv / denoise_residual ablate denoising blocks; the bottleneck control has neither")
+        from .bottleneck import BottleneckBlock
+
+        extra.setdefault("batchnorm", batchnorm)
+        return {s: (lambda channels: BottleneckBlock(channels, activation=activation, **extra)) for s in chosen}
 
     def make(channels: int) -> nn.Module:
-        return DenoiseBlock(channels, op=denoise, embed=embed, use_conv=conv, residual=residual, **extra)
+        return DenoiseBlock(channels, op=op, embed=embed, use_conv=conv, residual=residual, **extra)
 
     return {s: make for s in chosen}
 
@@ -123,7 +142,7 @@ class SmallCNN(nn.Module):
         # (denoise_stages; default both), after its pooling. Off by default; when off the
         # state_dict keys are exactly those of the plain model.
         denoisers = _denoise_blocks(denoise, denoise_stages, (1, 2), denoise_embed, denoise_conv,
-                                    denoise_residual, denoise_options)
+                                    denoise_residual, denoise_options, activation, batchnorm=batchnorm)
 
         def block(cin: int, cout: int) -> nn.Sequential:
             layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=not batchnorm)]
@@ -188,9 +207,12 @@ class MLP(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block (two 3x3 convs, BatchNorm, identity or 1x1 shortcut)."""
+    """ResNet basic block (two 3x3 convs, BatchNorm, identity or 1x1 shortcut); ``denoise``: a block
+    applied to its output (a feature-denoising block after every residual block), registered last so
+    the plain block's parameter names are unchanged."""
 
-    def __init__(self, cin: int, cout: int, stride: int, activation: str, drop_prob: float = 0.0) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, activation: str, drop_prob: float = 0.0,
+                 denoise: nn.Module | None = None) -> None:
         super().__init__()
         if not 0.0 <= drop_prob < 1.0:
             raise ValueError(f"stochastic depth drop probability must be in [0, 1), got {drop_prob}")
@@ -204,10 +226,11 @@ class BasicBlock(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.denoise = denoise
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``act(branch(x) + shortcut(x))``, (N, cin, H, W) to (N, cout, H / stride, W / stride); in train mode
-        the branch is dropped per sample with ``drop_prob`` (stochastic depth)."""
+        the branch is dropped per sample with ``drop_prob`` (stochastic depth). Then ``denoise``, if any."""
         out = self.act1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         if self.training and self.drop_prob > 0:
@@ -215,7 +238,8 @@ class BasicBlock(nn.Module):
             # probability p, scale kept branches by 1/(1-p) so eval mode uses the branch as is.
             keep = torch.rand(out.shape[0], 1, 1, 1, device=out.device, dtype=out.dtype) >= self.drop_prob
             out = out * keep.to(out.dtype) / (1.0 - self.drop_prob)
-        return self.act2(out + self.shortcut(x))
+        out = self.act2(out + self.shortcut(x))
+        return out if self.denoise is None else self.denoise(out)
 
 
 class ResNet18(nn.Module):
@@ -232,7 +256,7 @@ class ResNet18(nn.Module):
         mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
         denoise: str | None = None, denoise_stages: Sequence[int] | None = None, denoise_embed: str = "gaussian",
         denoise_conv: bool = True, denoise_residual: bool = True, denoise_options: dict[str, Any] | None = None,
-        stochastic_depth: float = 0.0,
+        stochastic_depth: float = 0.0, denoise_every_block: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= float(stochastic_depth) < 1.0:
@@ -242,10 +266,12 @@ class ResNet18(nn.Module):
             nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), make_activation(activation)
         )
         # Feature denoising: a DenoiseBlock appended to residual stage 1..4 (denoise_stages;
-        # default all four, as in Xie et al. 2019). Stochastic depth: the drop probability grows
+        # default all four, as in Xie et al. 2019); with denoise_every_block also one after the
+        # first residual block of those stages (as its ``denoise`` submodule), so every residual
+        # block is followed by one. Stochastic depth: the drop probability grows
         # linearly over the 8 blocks up to ``stochastic_depth`` for the last one.
         denoisers = _denoise_blocks(denoise, denoise_stages, (1, 2, 3, 4), denoise_embed, denoise_conv,
-                                    denoise_residual, denoise_options)
+                                    denoise_residual, denoise_options, activation, denoise_every_block)
         stages: list[nn.Module] = []
         cin = width
         n_blocks = 8
@@ -254,7 +280,9 @@ class ResNet18(nn.Module):
             stride = 1 if i == 0 else 2
             p1 = float(stochastic_depth) * (2 * i + 1) / n_blocks
             p2 = float(stochastic_depth) * (2 * i + 2) / n_blocks
-            stage = nn.Sequential(BasicBlock(cin, cout, stride, activation, p1), BasicBlock(cout, cout, 1, activation, p2))
+            inner = denoisers[i + 1](cout) if denoise_every_block and i + 1 in denoisers else None
+            stage = nn.Sequential(BasicBlock(cin, cout, stride, activation, p1, inner),
+                                  BasicBlock(cout, cout, 1, activation, p2))
             if i + 1 in denoisers:
                 stage.append(denoisers[i + 1](cout))
             stages.append(stage)
