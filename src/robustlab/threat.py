@@ -15,6 +15,7 @@ from typing import Literal
 
 import torch
 
+from . import _rng
 from ._torch import per_sample
 
 Norm = Literal["linf", "l2", "l1"]
@@ -162,25 +163,25 @@ class ThreatModel:
             delta = delta * per_sample(factor, delta)
         return self.clip_bounds(x + delta)
 
-    def random_start(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def random_start(self, x: torch.Tensor, generator: _rng.Generator = None) -> torch.Tensor:
         """A point drawn uniformly from the eps-ball around ``x``, then clipped to the bounds."""
         if self.norm == "linf":
-            u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            u = _rng.rand(generator, x.shape, dtype=x.dtype, device=x.device)
             delta = (2 * u - 1) * self.eps
         elif self.norm == "l1":
             # Uniform in the L1 ball: D+1 exponentials normalised by their sum give a uniform
             # point of the simplex; the first D coordinates with random signs are uniform in
             # the cross-polytope.
             n, d = x.shape[0], x[0].numel()
-            e = torch.empty(n, d + 1, dtype=x.dtype, device=x.device).exponential_(generator=generator)
-            signs = torch.randint(0, 2, (n, d), generator=generator, device=x.device).to(x.dtype) * 2 - 1
+            e = _rng.exponential(generator, (n, d + 1), dtype=x.dtype, device=x.device)
+            signs = _rng.randint(generator, 0, 2, (n, d), device=x.device).to(x.dtype) * 2 - 1
             delta = (signs * e[:, :d] / e.sum(dim=1, keepdim=True) * self.eps).view_as(x)
         else:
             # Uniform in the L2 ball: Gaussian direction, radius ~ eps * U^(1/d).
-            g = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            g = _rng.randn(generator, x.shape, dtype=x.dtype, device=x.device)
             d = x[0].numel()
             direction = g / per_sample(_flat_norm(g, "l2").clamp_min(1e-12), g)
-            r = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device) ** (1.0 / d)
+            r = _rng.rand(generator, (x.shape[0],), dtype=x.dtype, device=x.device) ** (1.0 / d)
             delta = direction * per_sample(r * self.eps, g)
         return self.clip_bounds(x + delta)
 

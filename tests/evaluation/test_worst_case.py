@@ -28,8 +28,8 @@ def test_robust_accuracy_is_the_per_sample_worst_case(digits_model, digits):
         per_sample &= o.robust.cpu()
     assert res.robust_accuracy == pytest.approx(float(per_sample.float().mean()))
     # the attacks do break different samples, so the best single attack is strictly weaker
-    best_single = min(float((clean & o.robust.cpu()).float().mean()) for o in res.outcomes)
-    assert res.robust_accuracy <= best_single - 0.02, (res.robust_accuracy, res.per_attack)
+    best_single = min(int((clean & o.robust.cpu()).sum()) for o in res.outcomes)
+    assert int(res.robust.sum()) <= best_single - 3, (res.robust_accuracy, res.per_attack)  # 3 of 150: 2 points
 
 
 @pytest.mark.parametrize("cascade", [True, False])

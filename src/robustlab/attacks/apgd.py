@@ -54,6 +54,7 @@ import warnings
 import torch
 from torch import nn
 
+from .. import _rng
 from .._torch import check_fraction, check_int, per_sample
 from ..threat import ThreatModel
 from ._best import BestPoints
@@ -116,6 +117,8 @@ class APGD(Attack):
             on for L1 when ``steps >= 10``; True with Linf / L2 is an error.
     """
 
+    per_sample_rng = True
+
     name = "apgd"
     norms = ("linf", "l2", "l1")
 
@@ -164,16 +167,16 @@ class APGD(Attack):
             return get_loss("margin")
         return self.loss_fn
 
-    def _start(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def _start(self, x: torch.Tensor, generator: _rng.Generator) -> torch.Tensor:
         """A random point on the sphere of the ball (as the reference), clipped to the bounds;
         for L1 a Gaussian point projected onto the (first stage's) ball and the box."""
         if self.threat.norm == "l1":
-            t = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            t = _rng.randn(generator, x.shape, dtype=x.dtype, device=x.device)
             return self.threat.project(x + t, x, self._l1_stages()[0][0])
         if self.threat.norm == "linf":
-            t = 2 * torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device) - 1
+            t = 2 * _rng.rand(generator, x.shape, dtype=x.dtype, device=x.device) - 1
         else:
-            t = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            t = _rng.randn(generator, x.shape, dtype=x.dtype, device=x.device)
         scale = self.threat.magnitude(t).clamp_min(1e-12)
         return self.threat.clip_bounds(x + t * per_sample(self.threat.eps / scale, t))
 

@@ -4,6 +4,8 @@
 device, inside the threat model's eps-ball and bounds. The model is left exactly as found
 (train/eval mode of every submodule, parameters, buffers, ``requires_grad`` flags, ``.grad``) and
 the caller's ``x`` is never written to. Subclasses implement ``_attack`` as one short loop.
+The one exception to the ball is an attack with ``eps_ball = False`` (a fooling image made from
+noise): its output is only clipped to the bounds, and evaluations refuse it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import NamedTuple, TypeAlias
 import torch
 from torch import nn
 
+from .._rng import SampleRNG
 from .._torch import check_float, check_int, model_guard
 from ..threat import ThreatModel
 from ..validation import check_images, check_labels, check_logits, check_same_device
@@ -24,7 +27,7 @@ from .losses import LossFn, get_loss
 
 #: Short names for the optional arguments of the attack hooks (``target``, ``generator``).
 OptTensor: TypeAlias = torch.Tensor | None
-OptGen: TypeAlias = torch.Generator | None
+OptGen: TypeAlias = torch.Generator | SampleRNG | None
 
 
 @contextlib.contextmanager
@@ -105,6 +108,19 @@ def target_runs(logits: torch.Tensor, y: torch.Tensor, target: OptTensor, target
     return [(ranked[:, j].contiguous(), None) for j in range(k)]
 
 
+def require_eps_ball(attack: Attack) -> None:
+    """Refuse an attack whose examples do not lie in the eps-ball (``eps_ball = False``, e.g. a
+    fooling image synthesised from noise): robust accuracy is a statement about the ball, so
+    evaluations call this for every attack before any work."""
+    if not getattr(attack, "eps_ball", True):
+        name = getattr(attack, "name", type(attack).__name__)
+        raise ValueError(
+            f"{name} is not an eps-ball attack: it synthesises images of a target class from scratch, so it has "
+            f"no place in a robustness evaluation (evaluate, --attacks, suites); run it alone with a target "
+            f"(robustlab attack --attack {name} --target K)"
+        )
+
+
 def attack_labels(logits: torch.Tensor, n: int, y: torch.Tensor | None, target: torch.Tensor | None) -> torch.Tensor:
     """The labels of a batch of ``n`` to attack: ``y``, or the predictions in ``logits`` when None;
     ``y`` and ``target`` are checked against the model's class count (``logits.shape[1]``)."""
@@ -154,6 +170,15 @@ class Attack(ABC):
     #: The threat-model norms the attack supports; any other is refused with a ValueError at
     #: construction (an attack must opt in to L1, whose geometry Linf/L2 code gets wrong).
     norms: tuple[str, ...] = ("linf", "l2")
+    #: The attack draws its randomness through :mod:`robustlab._rng` (so it accepts per-sample
+    #: generators); attacks written against ``torch.Generator`` keep False and get one.
+    per_sample_rng: bool = False
+    #: The examples lie in the eps-ball around ``x`` (the contract above). False for an attack that
+    #: synthesises inputs from scratch (``fooling-image``): the base class then only clips its
+    #: output to the bounds, and robustness evaluations refuse it (:func:`require_eps_ball`).
+    eps_ball: bool = True
+    #: The attack has no untargeted form: a call without ``target=`` is a ValueError.
+    needs_target: bool = False
 
     def __init__(
         self,
@@ -208,27 +233,35 @@ class Attack(ABC):
 
     # --- public ---------------------------------------------------------------------------
     def __call__(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, target: torch.Tensor | None = None
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, target: torch.Tensor | None = None,
+        sample_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Adversarial examples for ``x``. With ``y=None`` the model's own predictions are used
-        as labels (no label leaking); with ``target`` the attack is targeted.
+        as labels (no label leaking); with ``target`` the attack is targeted. ``sample_ids``
+        (one integer per sample, e.g. its index in the data set) make a seeded attack's random
+        draws per sample (:mod:`robustlab._rng`): a sample then gets the same result in any batch.
 
         Only the examples are wanted here, so the forward pass that ``run`` spends on measuring
         success is skipped; the examples are the same as ``run(...).x_adv``."""
-        return self._execute(model, x, y, target, measure=False)[0]
+        return self._execute(model, x, y, target, measure=False, sample_ids=sample_ids)[0]
 
     def run(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, target: torch.Tensor | None = None
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, target: torch.Tensor | None = None,
+        sample_ids: torch.Tensor | None = None,
     ) -> AttackResult:
         """Like ``__call__`` but returns an :class:`AttackResult` with per-sample success and size."""
-        x_adv, success, distance, queries = self._execute(model, x, y, target, measure=True)
+        x_adv, success, distance, queries = self._execute(model, x, y, target, measure=True, sample_ids=sample_ids)
         assert success is not None
         return AttackResult(x_adv=x_adv, success=success, distance=distance, queries=queries)
 
     def _execute(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, target: torch.Tensor | None, measure: bool
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, target: torch.Tensor | None, measure: bool,
+        sample_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
         x0 = self._checked_copy(model, x, y, target)
+        if sample_ids is not None and (not isinstance(sample_ids, torch.Tensor) or sample_ids.shape != (len(x0),)
+                                       or sample_ids.is_floating_point() or sample_ids.is_complex()):
+            raise ValueError(f"sample_ids must be an integer tensor of shape ({len(x0)},), one id per sample")
         with model_guard(model, self.eval_mode), contextlib.ExitStack() as layout:
             use_cl = self._wants_channels_last(model, x0)
             xw = x0
@@ -251,9 +284,12 @@ class Attack(ABC):
                     out = self._logits(model, probe)
                 logits = check_logits(out, probe.shape[0])
             y = attack_labels(logits, x0.shape[0], y, target)
-            generator = self._generator(x0.device)
+            if target is None and self.needs_target:
+                require_eps_ball(self)
+                raise ValueError(f"the {self.name} attack needs target= (a class to aim at): it has no untargeted form")
+            generator = self._generator(x0.device, sample_ids)
             success = None
-            if self.threat.eps == 0:
+            if self.threat.eps == 0 and self.eps_ball:
                 x_adv, queries = x0.clone(), None
             else:
                 crafted = self._attack(model, xw, y, target, generator)
@@ -263,7 +299,8 @@ class Attack(ABC):
                     (x_adv, queries), success = crafted, None
                 else:
                     x_adv, queries = crafted, None
-            projected = self.threat.project(x_adv.detach(), x0)
+            x_adv = x_adv.detach()
+            projected = self.threat.project(x_adv, x0) if self.eps_ball else self.threat.clip_bounds(x_adv)
             bad = ~torch.isfinite(projected.flatten(1)).all(dim=1)
             if bool(bad.any()):  # one check per call, never per step
                 raise ValueError(
@@ -307,9 +344,14 @@ class Attack(ABC):
         already guarded. The result is projected onto the ball and bounds afterwards anyway.
         """
 
-    def _generator(self, device: torch.device) -> torch.Generator | None:
+    def _generator(self, device: torch.device, sample_ids: torch.Tensor | None = None) -> OptGen:
+        """The attack's randomness: None (torch's global generator) without a seed; with one, per-sample
+        draws when ``sample_ids`` are given and the attack draws through :mod:`robustlab._rng`, else
+        a torch.Generator seeded once per call."""
         if self.seed is None:
             return None
+        if sample_ids is not None and self.per_sample_rng:
+            return SampleRNG(int(self.seed), sample_ids.to(device))
         g = torch.Generator(device=device)
         g.manual_seed(int(self.seed))
         return g

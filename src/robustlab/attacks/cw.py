@@ -51,6 +51,8 @@ class CW(Attack):
             forward+backward passes (EOT, for randomised models; 1 = plain CW).
     """
 
+    per_sample_rng = True
+
     name = "cw"
     minimum_norm = True
 

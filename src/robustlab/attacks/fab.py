@@ -36,6 +36,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import _rng
 from .._torch import check_float, check_fraction, check_int, per_sample
 from ..threat import ThreatModel
 from .base import Attack, Crafted, OptGen, OptTensor, is_adversarial, refuse_target, target_runs
@@ -140,6 +141,8 @@ class FAB(Attack):
             ``eot > 1`` logits and gradients are averages over ``eot`` passes.
     """
 
+    per_sample_rng = True
+
     name = "fab"
     norms = ("linf", "l2", "l1")
     minimum_norm = True
@@ -196,12 +199,12 @@ class FAB(Attack):
         x_out = torch.where(per_sample(within, x), best_x, x)
         return Crafted(x_out, None, within)
 
-    def _random_direction(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def _random_direction(self, x: torch.Tensor, generator: _rng.Generator) -> torch.Tensor:
         """Random directions of unit norm, drawn for the whole batch (same seed, same starts)."""
         if self.threat.norm == "linf":
-            t = 2 * torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device) - 1
+            t = 2 * _rng.rand(generator, x.shape, dtype=x.dtype, device=x.device) - 1
         else:
-            t = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            t = _rng.randn(generator, x.shape, dtype=x.dtype, device=x.device)
         return t / per_sample(_flat_norm(t.flatten(1), self.threat.norm).clamp_min(1e-12), t)
 
     def _linearise(

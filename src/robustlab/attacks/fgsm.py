@@ -29,6 +29,8 @@ class FGSM(Attack):
     :class:`~robustlab.attacks.base.Attack`).
     """
 
+    per_sample_rng = True
+
     name = "fgsm"
 
     def __init__(

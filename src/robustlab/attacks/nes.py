@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import _rng
 from .._torch import check_float, check_int
 from ..threat import ThreatModel
 from ._best import BestPoints
@@ -44,6 +45,8 @@ class NES(Attack):
         batch_size: images per forward pass when scoring the samples.
         seed, eval_mode: see :class:`~robustlab.attacks.base.Attack`.
     """
+
+    per_sample_rng = True
 
     name = "nes"
     uses_gradients = False
@@ -98,7 +101,7 @@ class NES(Attack):
             k = act.numel()
             xs, xc, ys = x[act], xa[act], y[act]
             ts = None if target is None else target[act]
-            u = torch.randn((k, pairs, *x.shape[1:]), generator=generator, dtype=x.dtype, device=x.device)
+            u = _rng.randn(_rng.subset(generator, act), (k, pairs, *x.shape[1:]), dtype=x.dtype, device=x.device)
             centre = xc[:, None]
             pts = torch.cat([self.threat.clip_bounds(centre + self.sigma * u), self.threat.clip_bounds(centre - self.sigma * u)], 1)
             # every query point is scored against its sample's label (and target)

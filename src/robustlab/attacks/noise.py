@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import _rng
 from .._torch import per_sample
 from ..threat import ThreatModel
 from .base import Attack, OptGen, OptTensor
@@ -17,6 +18,8 @@ class Noise(Attack):
     it reproducible with ``seed=``.
     """
 
+    per_sample_rng = True
+
     name = "noise"
     uses_gradients = False
 
@@ -26,10 +29,10 @@ class Noise(Attack):
     def _attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: OptTensor, generator: OptGen) -> torch.Tensor:
         eps = self.threat.eps
         if self.threat.norm == "linf":
-            bits = torch.randint(0, 2, x.shape, generator=generator, device=x.device)
+            bits = _rng.randint(generator, 0, 2, x.shape, device=x.device)
             delta = (bits.to(x.dtype) * 2 - 1) * eps
         else:
-            g = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            g = _rng.randn(generator, x.shape, dtype=x.dtype, device=x.device)
             norm = g.flatten(1).norm(p=2, dim=1).clamp_min(1e-12)
             delta = g * per_sample(eps / norm, g)
         return self.threat.project(x + delta, x)

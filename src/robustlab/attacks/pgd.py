@@ -59,6 +59,8 @@ class PGD(Attack):
             Default 0.99 for L1 (SLIDE's and foolbox's); an error for Linf / L2.
     """
 
+    per_sample_rng = True
+
     name = "pgd"
     norms: tuple[str, ...] = ("linf", "l2", "l1")
     _default_rel: float = 2.5  # default step = _default_rel * eps / steps

@@ -36,6 +36,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from .. import _rng
 from .._torch import check_fraction, check_int, per_sample
 from ..threat import ThreatModel
 from ._best import BestPoints
@@ -112,6 +113,8 @@ class Square(Attack):
     :attr:`AttackResult.queries`.
     """
 
+    per_sample_rng = True
+
     name = "square"
     uses_gradients = False
 
@@ -156,7 +159,7 @@ class Square(Attack):
             if idx.numel() == 0:
                 break
             ts = None if target is None else target[idx]
-            run, qr = self._run_once(query, x4[idx], y[idx], ts, generator)
+            run, qr = self._run_once(query, x4[idx], y[idx], ts, _rng.subset(generator, idx))
             best.update(run.x, run.loss, run.succ, idx)
             queries[idx] += qr
         return best.x.reshape(shape), queries
@@ -167,7 +170,7 @@ class Square(Attack):
         x: torch.Tensor,
         y: torch.Tensor,
         t: torch.Tensor | None,
-        generator: torch.Generator | None,
+        generator: _rng.Generator,
     ) -> tuple[BestPoints, torch.Tensor]:
         """One random search from a fresh start (``query(points, y, target) -> (loss, success)``):
         the points it ends at, each sample's best, and the queries it spent per sample."""
@@ -175,7 +178,7 @@ class Square(Attack):
         eps = self.threat.eps
         dev, dt = x.device, x.dtype
         if self.threat.norm == "linf":
-            signs = torch.randint(0, 2, (n, c, 1, w), generator=generator, device=dev).to(dt) * 2 - 1
+            signs = _rng.randint(generator, 0, 2, (n, c, 1, w), device=dev).to(dt) * 2 - 1
             xb = self.threat.project(x + eps * signs, x)
         else:
             xb = self._l2_init(x, generator)
@@ -192,11 +195,11 @@ class Square(Attack):
             p = p_schedule(self.p_init, i, self.queries - 1, self.rescale_schedule)
             if self.threat.norm == "linf":
                 s = min(max(int(round(math.sqrt(p * n_pix))), 1), h, w)
-                x_new = self._linf_candidate(xa, xba, s, generator)
+                x_new = self._linf_candidate(xa, xba, s, _rng.subset(generator, act))
             else:
                 s = max(int(round(math.sqrt(p * n_pix))), 3)
                 s = min(s + 1 if s % 2 == 0 else s, h, w)
-                x_new = self._l2_candidate(xa, xba, s, generator)
+                x_new = self._l2_candidate(xa, xba, s, _rng.subset(generator, act))
             loss, ok = query(x_new, y[act], ta)
             qn[act] += 1
             cur.update(x_new, loss, ok, act)
@@ -206,14 +209,14 @@ class Square(Attack):
     def _linf_candidate(self, x: torch.Tensor, xb: torch.Tensor, s: int, generator) -> torch.Tensor:
         n, c, h, w = x.shape
         dev, dt = x.device, x.dtype
-        vh = torch.randint(0, h - s + 1, (n,), generator=generator, device=dev)
-        vw = torch.randint(0, w - s + 1, (n,), generator=generator, device=dev)
+        vh = _rng.randint(generator, 0, h - s + 1, (n,), device=dev)
+        vw = _rng.randint(generator, 0, w - s + 1, (n,), device=dev)
         rows = torch.arange(h, device=dev)[None, :]
         cols = torch.arange(w, device=dev)[None, :]
         in_h = (rows >= vh[:, None]) & (rows < vh[:, None] + s)
         in_w = (cols >= vw[:, None]) & (cols < vw[:, None] + s)
         mask = (in_h[:, :, None] & in_w[:, None, :])[:, None].to(dt)  # (n, 1, h, w)
-        sign = torch.randint(0, 2, (n, c, 1, 1), generator=generator, device=dev).to(dt) * 2 - 1
+        sign = _rng.randint(generator, 0, 2, (n, c, 1, 1), device=dev).to(dt) * 2 - 1
         step = mask * (2 * self.threat.eps) * sign
         cand = self.threat.project(xb + step, x)
         unchanged = (cand == xb).flatten(1).all(1)
@@ -235,9 +238,9 @@ class Square(Attack):
         base = _block(s).to(device=dev, dtype=dt)
         for a in range(nh):
             for b in range(nw):
-                flip = bool(torch.randint(0, 2, (1,), generator=generator, device=dev).item())
-                blk = base.t() if flip else base
-                sign = torch.randint(0, 2, (n, c, 1, 1), generator=generator, device=dev).to(dt) * 2 - 1
+                flip = _rng.randint(generator, 0, 2, (n, 1, 1, 1), device=dev).bool()  # per sample
+                blk = torch.where(flip, base.t(), base)
+                sign = _rng.randint(generator, 0, 2, (n, c, 1, 1), device=dev).to(dt) * 2 - 1
                 r0, c0 = sh + a * s, sw + b * s
                 delta[:, :, r0 : r0 + s, c0 : c0 + s] += blk * sign
         return self.threat.clip_bounds(x + self.threat.eps * self._normalised(delta))
@@ -246,7 +249,7 @@ class Square(Attack):
         n, c, h, w = x.shape
         dev, dt = x.device, x.dtype
         eps = self.threat.eps
-        rnd = lambda hi: torch.randint(0, hi, (n,), generator=generator, device=dev)  # noqa: E731
+        rnd = lambda hi: _rng.randint(generator, 0, hi, (n,), device=dev)  # noqa: E731
         idx1 = _window_index(rnd(h - s + 1), rnd(w - s + 1), s, w)[:, None, :].expand(n, c, s * s)
         idx2 = _window_index(rnd(h - s + 1), rnd(w - s + 1), s, w)[:, None, :].expand(n, c, s * s)
         delta = (xb - x).flatten(2).clone()  # (n, c, h*w)
@@ -256,9 +259,9 @@ class Square(Attack):
         union = torch.zeros_like(delta).scatter_(2, idx1, 1.0).scatter_(2, idx2, 1.0)
         norm_windows = (delta * union).flatten(1).norm(dim=1)
         base = _block(s).to(device=dev, dtype=dt)
-        flip = torch.randint(0, 2, (n, 1, 1), generator=generator, device=dev).bool()
+        flip = _rng.randint(generator, 0, 2, (n, 1, 1), device=dev).bool()
         blk = torch.where(flip, base.t().reshape(1, 1, -1), base.reshape(1, 1, -1))  # (n, 1, s*s)
-        sign = torch.randint(0, 2, (n, c, 1), generator=generator, device=dev).to(dt) * 2 - 1
+        sign = _rng.randint(generator, 0, 2, (n, c, 1), device=dev).to(dt) * 2 - 1
         new = blk * sign + win1 / (norm_win1 + 1e-12)
         budget = ((eps**2 - norm_image**2).clamp_min(0) / c + norm_windows**2).sqrt()
         new = new / (new.norm(dim=2, keepdim=True) + 1e-12) * budget[:, None, None]

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._rng import SampleRNG
 from ..threat import ThreatModel
 from .base import Attack, OptGen, OptTensor
 from .pgd import PGD
@@ -30,6 +31,8 @@ class Transfer(Attack):
         eval_mode: see :class:`~robustlab.attacks.base.Attack` (applies to the target model; the
             inner attack guards the surrogate with its own setting).
     """
+
+    per_sample_rng = True
 
     name = "transfer"
     uses_gradients = False  # with respect to the target model
@@ -65,4 +68,5 @@ class Transfer(Attack):
         return cls(threat, load_model(path, map_location=map_location), **kw)
 
     def _attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: OptTensor, generator: OptGen) -> torch.Tensor:
-        return self.attack.run(self.surrogate, x, y, target=target).x_adv
+        ids = generator.ids if isinstance(generator, SampleRNG) else None  # the crafting attack draws per sample too
+        return self.attack.run(self.surrogate, x, y, target=target, sample_ids=ids).x_adv

@@ -81,7 +81,7 @@ def curve_attacks() -> list[str]:
     return sorted(
         name
         for name, cls in ATTACKS.items()
-        if cls.uses_gradients and not cls.minimum_norm and "steps" in (attack_options(cls) or [])
+        if cls.uses_gradients and not cls.minimum_norm and cls.eps_ball and "steps" in (attack_options(cls) or [])
     )
 
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .._torch import clean_accuracy, predict
 from ..attacks.base import Attack
+from ..progress import bar
 from ..threat import ThreatModel
 
 SCHEMA_VERSION = 1
@@ -49,8 +49,8 @@ class AttackOutcome:
         correct = clean_correct & self.attacked
         fooled = correct & ~self.robust
         out: dict[str, Any] = {
-            "robust_accuracy": float(self.robust.float().sum() / max(n, 1)),
-            "success_rate": float(fooled.float().sum() / max(int(correct.sum()), 1)),
+            "robust_accuracy": int(self.robust.sum()) / max(n, 1),
+            "success_rate": int(fooled.sum()) / max(int(correct.sum()), 1),
             "attacked": int(self.attacked.sum()),
             "seconds": round(self.seconds, 3),
         }
@@ -78,11 +78,14 @@ def run_attack(
     progress: bool = False,
     clean_correct: torch.Tensor | None = None,
     keep_examples: bool = False,
+    first_index: int = 0,
 ) -> AttackOutcome:
     """Run ``attack`` on the samples selected by ``only`` (default: all correctly classified),
     in batches, and record per-sample robustness and perturbation sizes. ``clean_correct``
     (per-sample clean correctness) saves the clean forward pass when the caller already has it.
-    ``keep_examples``: also return the adversarial examples (``outcome.examples``).
+    ``keep_examples``: also return the adversarial examples (``outcome.examples``). Each sample's
+    random draws are keyed by its index ``first_index + i`` (``sample_ids`` of the attack), so its
+    outcome does not depend on the batches.
 
     Under torch.distributed (``robustlab evaluate --nproc N``) the shards are defined by sample
     index: the indices (into ``x``) of the selected samples, in increasing order, are cut into
@@ -105,9 +108,9 @@ def run_attack(
     examples = torch.zeros_like(x) if keep_examples else None
     t0 = time.perf_counter()
     starts = list(range(0, len(idx), batch_size))[rank::world]
-    for i in tqdm(starts, desc=attack.name, disable=not progress or rank != 0, leave=False):
+    for i in bar(starts, desc=attack.name, unit="batch", enabled=progress and rank == 0):
         b = idx[i : i + batch_size]
-        res = attack.run(model, x[b], y[b])
+        res = attack.run(model, x[b], y[b], sample_ids=b + first_index)
         broken[b] = res.success.to(broken.dtype)
         if examples is not None:
             examples[b] = res.x_adv.to(examples.dtype)
@@ -146,8 +149,8 @@ class EvaluationResult:
 
     @property
     def clean_accuracy(self) -> float:
-        """Fraction of the ``n`` samples classified correctly without attack."""
-        return float(self.clean_correct.float().mean())
+        """Fraction of the ``n`` samples classified correctly without attack (an exact count over n)."""
+        return int(self.clean_correct.sum()) / max(self.n, 1)
 
     @property
     def robust(self) -> torch.Tensor:
@@ -159,13 +162,13 @@ class EvaluationResult:
 
     @property
     def robust_accuracy(self) -> float:
-        """Fraction of samples that are robust to every attack (the mean of ``robust``)."""
-        return float(self.robust.float().mean())
+        """Fraction of samples that are robust to every attack (an exact count over n)."""
+        return int(self.robust.sum()) / max(self.n, 1)
 
     @property
     def per_attack(self) -> dict[str, float]:
         """Robust accuracy per attack name: cumulative in ``cascade`` mode, each attack's own otherwise."""
-        return {o.name: float(o.robust.float().mean()) for o in self.outcomes}
+        return {o.name: int(o.robust.sum()) / max(self.n, 1) for o in self.outcomes}
 
     def to_dict(self, per_sample: bool = True) -> dict[str, Any]:
         """The JSON-able report: schema version, threat model, accuracies, per-attack summaries, checks and
@@ -189,6 +192,42 @@ class EvaluationResult:
                 **{f"robust_{o.name}": o.robust.int().tolist() for o in self.outcomes},
             }
         return d
+
+    @classmethod
+    def merge(cls, *parts: EvaluationResult) -> EvaluationResult:
+        """One result from the results of disjoint parts of a data set, in the order given (the
+        per-sample outcomes concatenated, attack seconds summed). The parts must share the threat
+        model, the attacks with their settings and the cascade mode, else ValueError. Gradient-masking
+        checks are not merged (they are statements about one evaluation): the merged result has none;
+        ``extra`` is kept only where every part has the same value. ``adversarial`` is concatenated
+        when every part kept it."""
+        if not parts:
+            raise ValueError("merge needs at least one EvaluationResult")
+        first = parts[0]
+        for i, p in enumerate(parts):
+            if not isinstance(p, EvaluationResult):
+                raise ValueError(f"part {i} is a {type(p).__name__}, not an EvaluationResult")
+            if p.threat != first.threat:
+                raise ValueError(f"part {i} was evaluated under another threat model ({p.threat}) than part 0 ({first.threat})")
+            if p.cascade != first.cascade:
+                raise ValueError(f"part {i} has cascade={p.cascade}, part 0 cascade={first.cascade}")
+            mine = [(o.name, o.settings) for o in p.outcomes]
+            theirs = [(o.name, o.settings) for o in first.outcomes]
+            if mine != theirs:
+                raise ValueError(f"part {i} ran other attacks than part 0: {mine} vs {theirs}")
+        outcomes = []
+        for k, o in enumerate(first.outcomes):
+            same = [p.outcomes[k] for p in parts]
+            examples = [s.examples for s in same if s.examples is not None]
+            outcomes.append(AttackOutcome(
+                o.name, torch.cat([s.robust for s in same]), torch.cat([s.attacked for s in same]),
+                {n: torch.cat([s.norms[n] for s in same]) for n in o.norms}, sum(s.seconds for s in same), o.settings,
+                torch.cat(examples) if len(examples) == len(same) else None))
+        adv = [p.adversarial for p in parts if p.adversarial is not None]
+        extra = {k: v for k, v in first.extra.items() if all(p.extra.get(k) == v for p in parts)}
+        return cls(first.threat, sum(p.n for p in parts), torch.cat([p.clean_correct for p in parts]), outcomes,
+                   first.cascade, extra=extra,
+                   adversarial=torch.cat(adv) if len(adv) == len(parts) else None)
 
     def to_json(self, per_sample: bool = True) -> str:
         """``to_dict(per_sample)`` as indented JSON text."""

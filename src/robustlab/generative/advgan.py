@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._torch import check_float, check_int, model_guard
-from ..attacks.base import Attack
+from ..attacks.base import Attack, OptGen
 from ..storage import atomic_write_json, ensure_writable_dir
 from ..storage.layout import CONFIG_FILE, STATE_FILE
 from ..threat import ThreatModel, canonical_norm
@@ -269,7 +269,7 @@ class AdvGAN(Attack):
         return self.generator
 
     def _attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
-                generator: torch.Generator | None) -> torch.Tensor:
+                generator: OptGen) -> torch.Tensor:
         images = _as_images(x)  # (N, H, W) and (N, D) inputs as one-channel images
         gen = self._generator_for(images)
         dtype = next(gen.parameters()).dtype

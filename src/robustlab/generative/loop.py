@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from ..progress import bar as progress_bar
+from ..progress import echo
 from ..storage import CheckpointError, atomic_write_text, ensure_writable_dir, read_safetensors
 from ..storage import remove_stale_temp_files as _remove_stale
 from ..storage.layout import ARTIFACTS_DIR, HISTORY_FILE
@@ -59,8 +60,9 @@ def epoch_order(n: int, seed: int, epoch: int, device: torch.device | str = "cpu
 def run_epochs(*, kind: str, command: str, run: Path | None, networks: dict[str, torch.nn.Module],
                optimizers: dict[str, torch.optim.Optimizer], rng: torch.Generator, config: dict[str, Any], epochs: int,
                steps: int, step: Step, epoch_end: EpochEnd, artifacts_file: str, resume: bool = False,
-               progress: bool = True, metadata: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Run (or resume) ``epochs`` epochs of ``steps`` batches; returns the history."""
+               progress: bool = True, metadata: dict[str, Any] | None = None, verbose: bool = True) -> list[dict[str, Any]]:
+    """Run (or resume) ``epochs`` epochs of ``steps`` batches; returns the history. ``progress``: the
+    batch bar; ``verbose``: each epoch's history line (``--quiet`` turns off the bar only)."""
     history: list[dict[str, Any]] = []
     start_epoch, start_batch, partial = 0, 0, {}
     if run is not None:
@@ -82,7 +84,7 @@ def run_epochs(*, kind: str, command: str, run: Path | None, networks: dict[str,
             sums: dict[str, float] = dict(partial) if epoch == start_epoch else {}
             for net in networks.values():
                 net.train()
-            bar = tqdm(range(first, steps), desc=f"epoch {epoch + 1}/{epochs}", leave=False, unit="batch", disable=not progress)
+            bar = progress_bar(range(first, steps), desc=f"epoch {epoch + 1}/{epochs}", unit="batches", enabled=progress)
             for b in bar:
                 logs = step(epoch, b)
                 for k, v in logs.items():
@@ -110,8 +112,8 @@ def run_epochs(*, kind: str, command: str, run: Path | None, networks: dict[str,
             line["seconds"] = round(time.perf_counter() - t0, 3)
             line["cpu_seconds"] = round(time.process_time() - c0, 3)  # on a shared machine, wall time says little
             history.append(line)
-            if progress:
-                tqdm.write(", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in line.items()))
+            if verbose:
+                echo(", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in line.items()))
             if run is not None:
                 save_networks(run, networks, kind, config=config, epoch=epoch + 1, last=line, **(metadata or {}))
                 atomic_write_text(run / HISTORY_FILE, "".join(json.dumps(h, sort_keys=True) + "\n" for h in history))

@@ -27,10 +27,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .._torch import predict
 from ..distributed import any_rank, average_buffers, dist_info, gather_rng_states, sum_across_ranks, unwrap
+from ..progress import bar as progress_bar
+from ..progress import echo
 from ..storage import atomic_write_json, atomic_write_text, load_state, remove_stale_temp_files, save_model, save_state
 from ..storage.layout import HISTORY_FILE, METRICS_FILE, STATE_FILE, read_json
 from .objectives import Objective
@@ -53,6 +54,8 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 1000
     progress: bool = True
+    #: Print each epoch's history line (``--quiet`` turns off ``progress`` only: results stay).
+    verbose: bool = True
     monitor_n: int = 500
     sync_batchnorm: bool = False
     checkpoint_every: int = 0  # also save the training state every N optimiser steps (0: epoch ends only)
@@ -78,9 +81,11 @@ class TrainConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as a JSON-able dict for model.json: every field except ``progress`` (display only)."""
+        """The config as a JSON-able dict for model.json: every field except ``progress`` and
+        ``verbose`` (display only)."""
         d = asdict(self)
         d.pop("progress")
+        d.pop("verbose")
         return d
 
 
@@ -253,9 +258,9 @@ def train(
             history.append(line)
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, line)
-            if config.progress and rank == 0:
+            if config.verbose and rank == 0:
                 shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in line.items() if k != "adv_attack")
-                tqdm.write(shown)
+                echo(shown)
             if run is not None:
                 rngs = gather_rng_states(x_train.device)  # a collective: on every rank
                 if rank == 0:
@@ -298,13 +303,8 @@ def _train_epoch(model, objective, opt, sched, x_train, y_train, config: TrainCo
     model.train()
     order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
     order = order.to(x_train.device)
-    bar = tqdm(
-        range(first, steps_per_epoch),
-        desc=f"epoch {epoch + 1}/{config.epochs}",
-        disable=not config.progress or rank != 0,
-        leave=False,
-        unit="batch",
-    )
+    bar = progress_bar(range(first, steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batches",
+                       enabled=config.progress and rank == 0)
     for b in bar:
         idx = order[b * config.batch_size : (b + 1) * config.batch_size]
         if world > 1:
