@@ -127,7 +127,8 @@ def run_demo(out: Path, epochs: int = 8, robust_epochs: int = 5, device: str = "
     for r in rows:
         click.echo(f"      {r:<12}" + "".join(f"{table[n][r]:>12.4f}" for n in table))
 
-    click.echo("[4/5] report artifacts (adversarial examples, feature maps, loss surface, filters, class images)")
+    click.echo("[4/5] report artifacts (adversarial examples, feature maps, loss surface, filters, class images, "
+               "decision regions, channel maximisation, nearest neighbours)")
     from .report import build_report
     from .runs.artifacts import write_artifacts
 

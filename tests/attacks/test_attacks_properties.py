@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from helpers.attacks import accepts_target, models_held, variants
+from helpers.attacks import accepts_target, eps_ball_names, models_held, variants
 from helpers.attacks import build as build_attack
 from helpers.state import assert_same_state, assert_tensor_untouched, snapshot, snapshot_tensor
 from robustlab import ThreatModel
-from robustlab.attacks import ATTACKS, CW, PGD
+from robustlab.attacks import CW, PGD
 
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -125,7 +125,7 @@ def check_output(x_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel) -> N
 
 
 @pytest.mark.filterwarnings("ignore:APGD.*DLR loss needs:RuntimeWarning")  # k < 4 classes: by design
-@pytest.mark.parametrize("name", sorted(ATTACKS))
+@pytest.mark.parametrize("name", eps_ball_names())
 @SETTINGS
 @given(sc=scenarios())
 def test_attack_invariants(name, sc):

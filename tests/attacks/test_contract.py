@@ -3,7 +3,8 @@ registry, :data:`robustlab.attacks.ATTACKS`, with the cheap settings of ``tests/
 (an attack registered without them fails here by name):
 
 * output of x's shape, dtype and device, detached, a new tensor, inside the eps-ball and the
-  bounds, Linf and L2 (``run`` too, untargeted and targeted);
+  bounds, Linf and L2 (``run`` too, untargeted and targeted); an attack with ``eps_ball = False``
+  (fooling images) inside the bounds only, independent of eps, and it needs ``target=``;
 * the model left exactly as found, including submodules whose train/eval mode differs from the
   top level's (both ways round, with ``eval_mode`` on and off), and any model the attack holds;
 * the caller's x untouched;
@@ -20,7 +21,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers.attacks import VARIANTS, accepts_target, build, models_held, variant_ids, variants
+from helpers.attacks import VARIANTS, accepts_target, build, models_held, needs_target, variant_ids, variants
 from helpers.state import assert_same_state, assert_tensor_untouched, snapshot, snapshot_tensor
 from robustlab import ThreatModel
 from robustlab.attacks import ATTACKS
@@ -101,7 +102,7 @@ def skip_unsupported(name: str, norm: str) -> None:
             pytest.skip(f"{name} does not support {norm}: {e}")
 
 
-def check_examples(x_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel) -> None:
+def check_examples(x_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel, ball: bool = True) -> None:
     assert isinstance(x_adv, torch.Tensor)
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and x_adv.device == x.device
     assert not x_adv.requires_grad and x_adv.grad_fn is None
@@ -109,6 +110,8 @@ def check_examples(x_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel) ->
     assert bool(torch.isfinite(x_adv).all())
     lo, hi = threat.bounds
     assert float(x_adv.min()) >= lo and float(x_adv.max()) <= hi
+    if not ball:  # eps_ball = False: only the bounds hold
+        return
     dist = threat.distance(x_adv, x.detach())
     assert bool((dist <= threat.eps * (1 + 1e-5) + 1e-5).all()), dist
 
@@ -135,16 +138,20 @@ def test_contract(name, norm):
     held = [(m, snapshot(m)) for m in models_held(attack)]
     before, saved_x = snapshot(model), snapshot_tensor(x)
 
-    x_adv = attack(model, x, y)
-    check_examples(x_adv, x, threat)
+    ball, must = attack.eps_ball, target if needs_target(attack) else None  # must: the target it needs
+    x_adv = attack(model, x, y, target=must)
+    check_examples(x_adv, x, threat, ball)
     res = attack.run(model, x, y, target=target if accepts_target(attack) else None)
-    check_examples(res.x_adv, x, threat)
+    check_examples(res.x_adv, x, threat, ball)
     assert res.success.shape == (x.shape[0],) and res.success.dtype == torch.bool
     torch.testing.assert_close(res.distance, threat.distance(res.x_adv, x.detach()))
     if res.queries is not None:
         assert res.queries.shape == (x.shape[0],) and not res.queries.is_floating_point()
     # y=None: the model's own predictions are the labels
-    check_examples(attack(model, x), x, threat)
+    check_examples(attack(model, x, target=must), x, threat, ball)
+    if must is not None:
+        with pytest.raises(ValueError, match="target"):
+            attack(model, x, y)
 
     assert_same_state(model, before)
     for m, snap in held:
@@ -152,7 +159,10 @@ def test_contract(name, norm):
     assert_tensor_untouched(x, saved_x, "the caller's x")
 
     zero = attack_for(name, threat.with_eps(0.0))
-    assert torch.equal(zero(model, x, y), x.detach())
+    if ball:
+        assert torch.equal(zero(model, x, y), x.detach())
+    else:  # eps plays no role: the same examples at eps 0 (same seed)
+        assert torch.equal(zero(model, x, y, target=must), attack_for(name, threat)(model, x, y, target=must))
 
 
 # --- submodules in mixed train/eval modes ------------------------------------------------------------
@@ -173,7 +183,7 @@ def mixed(model: Net, layout: str) -> Net:
 def test_mixed_train_eval_modes_come_back_exactly(name, eval_mode):
     """Restoring only the top-level mode (``model.train(top_mode)``) would flip these submodules."""
     threat = THREATS["linf"]
-    x, y, _ = data(threat)
+    x, y, target = data(threat)
     for layout in ("train, frozen BatchNorm and Dropout in eval", "eval, Dropout and head in train"):
         model = mixed(net(), layout)
         assert len({m.training for m in model.modules()}) == 2  # really mixed
@@ -181,7 +191,7 @@ def test_mixed_train_eval_modes_come_back_exactly(name, eval_mode):
         attack = attack_for(name, threat)
         attack.eval_mode = eval_mode
         held = [(m, snapshot(m)) for m in models_held(attack)]
-        attack.run(model, x, y)
+        attack.run(model, x, y, target=target if needs_target(attack) else None)
         assert_same_state(model, before, what=f"model ({layout}, eval_mode={eval_mode})")
         for m, snap in held:
             assert_same_state(m, snap, what="a model the attack holds")
@@ -275,6 +285,8 @@ def test_every_query_is_inside_the_ball_and_bounds(name, variant, norm):
     attack = attack_for(name, threat, variant, wrap=wrap)
     rule = OUTSIDE_BALL.get(name)
     slack = 0.0 if rule is None else rule(attack, threat, d)
+    if not attack.eps_ball:  # fooling images: only the bounds apply
+        slack = None
     if slack is not None:
         assert float(pair.min()) > 2 * (threat.eps + slack), "originals too close for the matching"
     model = QueryRecorder(net())
@@ -283,7 +295,7 @@ def test_every_query_is_inside_the_ball_and_bounds(name, variant, norm):
     with torch.no_grad():
         pred = model.inner(x).argmax(1)
     y = torch.where(torch.arange(len(x)) % 2 == 0, pred, y)
-    attack.run(model, x, y)
+    attack.run(model, x, y, target=target if needs_target(attack) else None)
     if accepts_target(attack):
         attack.run(model, x, y, target=target)
     for who, rec in recorders:

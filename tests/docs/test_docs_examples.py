@@ -133,6 +133,12 @@ def test_every_command_line_option_shown_exists():
                 if sub is None:
                     problems.append(f"{b.page}:{b.line}: no subcommand {words[0]!r}")
                     continue
+                while isinstance(sub, click.Group) and len(words) > 1 and not words[1].startswith("-"):
+                    inner = sub.get_command(ctx, words[1])  # a group's command: robustlab gan train ...
+                    if inner is None:
+                        problems.append(f"{b.page}:{b.line}: robustlab {words[0]} has no command {words[1]!r}")
+                        break
+                    sub, words = inner, [f"{words[0]} {words[1]}", *words[2:]]
                 known = {o for p in sub.params for o in (*p.opts, *p.secondary_opts)} | {"--help", "-h"}
                 for opt in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", " ".join(words[1:])):
                     shown += 1

@@ -55,6 +55,8 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
         {"surrogate": SURROGATE, "attack": _inner("pgd", steps=2)},
         {"surrogate": SURROGATE, "attack": _inner("apgd", steps=3, early_stop=True)},
     ],
+    "mse-penalty": [{"steps": 3}, {"steps": 3, "lam": 0.0, "lr": 0.05, "early_stop": True}],
+    "fooling-image": [{"steps": 3}, {"steps": 3, "confidence": 0.3, "lr": 0.2}],
 }
 
 
@@ -107,6 +109,17 @@ def _with_seed(name: str, options: dict[str, Any], seed: int | None) -> dict[str
 def accepts_target(attack: Attack) -> bool:
     """Whether ``target=`` may be passed (APGD-T picks its own targets and refuses one)."""
     return not getattr(attack, "targeted_classes", 0)
+
+
+def needs_target(attack: Attack) -> bool:
+    """Whether every call must pass ``target=`` (an attack with no untargeted form: fooling images)."""
+    return bool(getattr(attack, "needs_target", False))
+
+
+def eps_ball_names() -> list[str]:
+    """The registered attacks whose examples lie in the eps-ball (all but ``eps_ball = False`` ones,
+    e.g. fooling images): the ones the ball checks of a registry-wide test apply to."""
+    return sorted(name for name, cls in ATTACKS.items() if cls.eps_ball)
 
 
 def models_held(attack: Attack) -> list[nn.Module]:

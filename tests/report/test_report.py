@@ -249,9 +249,9 @@ def test_full_report_two_runs_is_self_contained(tmp_path):
     assert 'style="background:#1a7f37">PASS' in doc and 'style="background:#b35900">WARN' in doc
     assert "+60.0 pts" in doc  # robust accuracy difference in the comparison table
     # per run: accuracy, eps, iterations, corruptions, examples, features, loss surface, filters, classes;
-    # plus 2 comparison charts
-    assert len(image_sources(doc)) == 2 * 9 + 2
-    assert len(list((tmp_path / "out").glob("*.png"))) == 20
+    # plus 2 comparison charts and the runs-compared figure (both runs have histories)
+    assert len(image_sources(doc)) == 2 * 9 + 3
+    assert len(list((tmp_path / "out").glob("*.png"))) == 21
     assert 'class="missing"' not in doc
 
 

@@ -12,12 +12,14 @@ from .._torch import model_guard
 from ..registry import check_options, keyword_options, lookup
 from ..threat import ThreatModel
 from .apgd import APGD
-from .base import Attack, AttackResult, Crafted, is_adversarial
+from .base import Attack, AttackResult, Crafted, is_adversarial, require_eps_ball
 from .cw import CW
 from .fab import FAB
 from .fgsm import FGSM, FGV
+from .fooling import FoolingImage
 from .losses import LOSSES, get_loss
 from .mim import MIM
+from .mse_penalty import MSEPenalty
 from .nes import NES
 from .noise import Noise
 from .pgd import PGD
@@ -36,6 +38,9 @@ ATTACKS: dict[str, type[Attack]] = {
     "square": Square,
     "nes": NES,
     "transfer": Transfer,
+    "mse-penalty": MSEPenalty,
+    # not an eps-ball attack (eps_ball = False): `robustlab attack` runs it, evaluations refuse it
+    "fooling-image": FoolingImage,
 }
 
 # A generator-based attack: its class lives with the generator networks it loads (generative/),
@@ -72,8 +77,10 @@ __all__ = [
     "FAB",
     "FGSM",
     "FGV",
+    "FoolingImage",
     "LOSSES",
     "MIM",
+    "MSEPenalty",
     "Noise",
     "PGD",
     "attack_options",
@@ -81,4 +88,5 @@ __all__ = [
     "get_loss",
     "is_adversarial",
     "model_guard",
+    "require_eps_ball",
 ]

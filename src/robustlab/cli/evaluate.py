@@ -216,8 +216,8 @@ def _print_metrics(metrics: dict[str, Any], norm: str) -> None:
 @click.option("--no-artifacts", is_flag=True, help="Only read what the runs already hold; compute nothing.")
 @click.option("--device", default="auto", show_default=True)
 def report(runs, out, eps, norm, n_examples, no_artifacts, device, **kw) -> None:
-    """An HTML report (self-contained, with figures) on run and evaluation directories (robustlab
-    evaluate --out), RUN [RUN ...], or on --model with --data."""
+    """An HTML report (self-contained, with figures) on run directories, evaluation directories
+    (robustlab evaluate --out), train-detector and noisy-student directories, or on --model with --data."""
     from ..report import build_report
     from ..runs.artifacts import refresh_artifacts
     from ..runs.evaluation_dir import is_evaluation_dir
@@ -229,8 +229,9 @@ def report(runs, out, eps, norm, n_examples, no_artifacts, device, **kw) -> None
         raise ValueError(f"--eps must be > 0, got {eps}")
     if n_examples < 1:
         raise ValueError(f"--n-examples must be >= 1, got {n_examples}")
+    from ..report.experiments import experiment_kind
+
     dirs = list(runs)
-    trust = _trust(kw)
     if kw["entry"] is not None:
         from ..runs.sources import model_report_dir
 
@@ -240,9 +241,10 @@ def report(runs, out, eps, norm, n_examples, no_artifacts, device, **kw) -> None
                                              norm=threat.norm, device=device)))
     elif not dirs:
         raise ValueError("give RUN or evaluation directories (robustlab evaluate --out), or --model ENTRY with --data")
-    runs_only = [r for r in runs if not is_evaluation_dir(r)]
+    # evaluation, detector and Noisy Student directories hold results, not a model to draw
+    runs_only = [r for r in runs if not is_evaluation_dir(r) and experiment_kind(r) is None]
     if not no_artifacts:
-        with trust:
+        with _trust(kw):  # a fresh context: the one above (with --model) is spent
             for done in refresh_artifacts(runs_only, n_examples=n_examples, eps=threat.eps, norm=threat.norm,
                                           device=device):
                 if done["status"] == "fresh":

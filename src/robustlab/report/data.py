@@ -22,12 +22,13 @@ from ..storage.layout import (
     MANIFEST,
     METRICS_FILE,
     MODEL_META,
+    VISUAL_ARTIFACTS,
     read_history,
     read_json,
 )
 
 EVALUATION_KIND = "robustlab-evaluation"  # evaluation.json of an evaluation directory (runs.evaluation_dir.KIND)
-ARTIFACT_SECTIONS = ("examples", "feature_maps", "loss_surface", "filters", "class_visualisations")
+ARTIFACT_SECTIONS = ("examples", "feature_maps", "loss_surface", "filters", "class_visualisations", *VISUAL_ARTIFACTS)
 
 
 def finite_number(v: Any) -> float | None:
@@ -86,6 +87,7 @@ class RunData:
     metrics: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     artifacts: dict[str, Any] = field(default_factory=dict)
+    kind: str = "run"  # a run or evaluation directory; else an experiment (report.experiments): no per-run model sections
 
     @property
     def class_names(self) -> list[str]:
@@ -197,14 +199,20 @@ def read_evaluation_dir(ev_dir: str | Path, doc: dict[str, Any], title: str | No
 
 
 def read_run(run_dir: str | Path, title: str | None = None) -> RunData:
-    """Read one run directory, or an evaluation directory (``robustlab evaluate --out``; see
-    :func:`read_evaluation_dir`); missing files give empty fields."""
+    """Read one run directory, an evaluation directory (``robustlab evaluate --out``; see
+    :func:`read_evaluation_dir`), or a detector or Noisy Student directory
+    (:func:`robustlab.report.experiments.read_experiment_dir`); missing files give empty fields."""
     from ..storage.layout import EVALUATION_FILE
 
     p = Path(run_dir)
     doc = read_json(p / EVALUATION_FILE)
     if isinstance(doc, dict) and doc.get("kind") == EVALUATION_KIND:
         return read_evaluation_dir(p, doc, title)
+    from .experiments import read_experiment_dir  # a detector or Noisy Student directory
+
+    experiment = read_experiment_dir(p, title)
+    if experiment is not None:
+        return experiment
     cfg, meta, metrics = read_json(p / CONFIG_FILE), read_json(p / MODEL_META), read_json(p / METRICS_FILE)
     return RunData(
         path=p,

@@ -25,8 +25,11 @@ from ..evaluation.corruptions import mean_corruption_accuracy
 from ..storage import atomic_write_text
 from ..storage.layout import REPORT_FILE
 from . import plots
+from .compare import epochs_comparison_section
 from .data import RunData, class_label, example_captions, finite_number, monitor_label, percent, read_run, run_summary
+from .experiments import experiments_section
 from .generative import generative_section
+from .visual import visual_section
 
 STATUS_COLOURS = {"PASS": "#1a7f37", "WARN": "#b35900", "FAIL": "#c62828"}
 
@@ -324,9 +327,19 @@ def _safe(render: Render, page: _Page, d: RunData, slug: str) -> str:
         return _missing(f"could not read this section's data: {type(e).__name__}: {e}")
 
 
+def _model_runs(runs: Sequence[RunData], slugs: Sequence[str]) -> tuple[list[RunData], list[str]]:
+    """The run and evaluation directories with their slugs: the experiments (detector, Noisy
+    Student; report.experiments) have no model of their own to show per run."""
+    kept = [(d, s) for d, s in zip(runs, slugs) if d.kind == "run"]
+    return [d for d, _ in kept], [s for _, s in kept]
+
+
 def _per_run(page: _Page, runs: Sequence[RunData], slugs: Sequence[str], heading: str, render: Render,
              wide: bool = False) -> str:
-    """A heading over one card per run."""
+    """A heading over one card per run ("" when only experiment directories are given)."""
+    runs, slugs = _model_runs(runs, slugs)
+    if not runs:
+        return ""
     cards = [f'<div class="card{" wide" if wide else ""}"><h3>{_e(d.title)}</h3>{_safe(render, page, d, slug)}</div>'
              for d, slug in zip(runs, slugs)]
     return "\n".join([f'<h2>{_e(heading)}</h2><div class="grid">', *cards, "</div>"])
@@ -339,6 +352,9 @@ def _learned_row(page: _Page, runs: Sequence[RunData], slugs: Sequence[str], lab
 
 def _learned_section(page: _Page, runs: Sequence[RunData], slugs: Sequence[str]) -> str:
     """First-layer filters and class visualisations, one column per run."""
+    runs, slugs = _model_runs(runs, slugs)
+    if not runs:
+        return ""
     return "\n".join([
         "<h2>What the models learned: first-layer filters and class visualisations</h2>"
         '<p class="note">Filters: red positive, blue negative weights, each filter on its own scale. Class '
@@ -382,8 +398,12 @@ def build_report(runs: Sequence[str | Path], out_dir: str | Path, titles: Sequen
     page = _Page(out)
 
     sections = [_summary_section(rows)]
+    epochs = epochs_comparison_section(data, page.figure)  # two runs or more with histories: the course's figure first
+    if epochs:
+        sections.insert(0, epochs)
     if len(data) > 1:
         sections.append(_comparison_section(page, data, rows))
+    sections.append(experiments_section(data, slugs, page.figure))  # offline, detector, Noisy Student ("" if none)
     sections.append(_per_run(page, data, slugs, "Accuracy over epochs", _accuracy))
     sections.append(_per_run(page, data, slugs, "Robust accuracy vs eps and attack iterations", _robustness_curves))
     if any(isinstance(d.metrics.get("corruptions"), dict) for d in data):
@@ -394,6 +414,7 @@ def build_report(runs: Sequence[str | Path], out_dir: str | Path, titles: Sequen
     sections.append(_per_run(page, data, slugs, "Feature maps", _feature_maps))
     sections.append(_per_run(page, data, slugs, "Loss surface", _loss_surface, wide=True))
     sections.append(_learned_section(page, data, slugs))
+    sections.append(visual_section(data, slugs, page.figure))  # decision regions, channels, neighbours ("" if none)
     generative = generative_section(data, slugs, page.figure)  # GAN / CycleGAN / AdvGAN runs only
     if generative:
         sections.append(generative)

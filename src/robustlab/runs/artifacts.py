@@ -19,6 +19,7 @@
 * ``class_visualisations.safetensors`` -- ``images`` (K, C, H, W): for each class, the input that
   maximises its logit minus an L2 penalty on the change from a grey start (100 Adam steps, clamped
   to the bounds; the penalty weight is relative to the logit's input gradient at the start);
+* decision regions, channel visualisations, nearest neighbours: :mod:`robustlab.runs.visual_artifacts`;
 * ``artifacts.json`` -- the manifest (what was computed, how, and any section that could not be),
   written last: the report trusts only what the manifest lists.
 
@@ -39,9 +40,11 @@ from torch import nn
 
 from .._torch import model_guard
 from ..attacks import PGD
+from ..models.entry import sha256_file
 from ..storage import atomic_save_safetensors, atomic_write_json, environment_info
-from ..storage.layout import ARTIFACTS_DIR, MANIFEST, MODEL_WEIGHTS, read_json
+from ..storage.layout import ARTIFACTS_DIR, MANIFEST, MODEL_WEIGHTS, VISUAL_ARTIFACTS, read_json
 from ..threat import ThreatModel, canonical_norm
+from .visual_artifacts import write_visual_artifacts
 
 SCHEMA_VERSION = 1
 FILES = {
@@ -348,6 +351,7 @@ def write_artifacts(run_dir: str | Path, n_examples: int = 8, eps: float = 0.1, 
         "norm": threat.norm,
         "bounds": list(threat.bounds),
         "n_examples": n_examples,
+        "model_sha256": sha256_file(run / MODEL_WEIGHTS) if (run / MODEL_WEIGHTS).is_file() else None,
         "dataset": info.name,
         "class_names": list(info.class_names),
         "compare_run": str(compare_run) if compare_run is not None else None,
@@ -391,6 +395,8 @@ def write_artifacts(run_dir: str | Path, n_examples: int = 8, eps: float = 0.1, 
     images, meta = class_visualisations(model, info.num_classes, info.shape, device=dev)
     atomic_save_safetensors({"images": images}, out / FILES["class_visualisations"])
     manifest["class_visualisations"] = {"file": FILES["class_visualisations"], **meta}
+    manifest.update(write_visual_artifacts(model, out, x, y, int(idx[k]), threat, info.shape,
+                                           None if model_and_data is not None else run, device=dev))
 
     manifest["seconds"] = round(time.perf_counter() - t0, 2)
     atomic_write_json(out / MANIFEST, manifest)  # last: the commit point the report trusts
@@ -400,19 +406,20 @@ def write_artifacts(run_dir: str | Path, n_examples: int = 8, eps: float = 0.1, 
 def refresh_artifacts(runs: Sequence[str | Path], n_examples: int = 8, eps: float = 0.1, norm: str = "linf",
                       device: str = "cpu") -> Iterator[dict[str, Any]]:
     """Bring the artifacts of every run up to date for a report (``robustlab report``), one run
-    after another, yielding ``{"run", "status", "seconds"}`` as each is done: status ``fresh``
-    (its manifest already has these eps, norm and n_examples), ``no-model`` (no weights: the
-    report shows it without artifacts) or ``written``. The first run with artifacts is the
+    after another, yielding ``{"run", "status", "seconds"}`` as each is done: status ``fresh`` (its
+    manifest already has these eps, norm, n_examples, every section and the weights' sha256),
+    ``no-model`` (no weights: the report shows it without artifacts) or ``written``. The first run with artifacts is the
     others' ``compare_run``, so all runs show the same inputs where they can."""
     threat = ThreatModel(canonical_norm(norm), eps)
     first_with_artifacts = None
     for run in runs:
-        have = read_manifest(run)
+        have, weights = read_manifest(run), Path(run) / MODEL_WEIGHTS
         t0 = time.perf_counter()
         if (have is not None and have.get("eps") == threat.eps and have.get("norm") == threat.norm
-                and have.get("n_examples") == n_examples):
+                and have.get("n_examples") == n_examples and all(s in have for s in VISUAL_ARTIFACTS)
+                and (not weights.is_file() or have.get("model_sha256") == sha256_file(weights))):
             status = "fresh"
-        elif not (Path(run) / MODEL_WEIGHTS).is_file():
+        elif not weights.is_file():
             yield {"run": run, "status": "no-model", "seconds": 0.0}
             continue
         else:

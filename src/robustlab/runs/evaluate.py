@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attacks import ATTACKS, Attack, attack_options, build_attack
+from ..attacks import ATTACKS, Attack, attack_options, build_attack, require_eps_ball
 from ..distributed import init_from_env
 from ..evaluation import EvaluationResult, clean_accuracy, corruption_metrics, evaluate, iterations_metrics
 from ..evaluation.curves import iterations_attack_for
@@ -65,7 +65,9 @@ def evaluation_attack(name: str, threat: ThreatModel, steps: int | None = None,
     for option, how in ATTACK_RESOURCES.items():
         if option in required_options(cls) and option not in opts:
             raise ValueError(f"the {name} attack needs {how}")
-    return build_attack(name, threat, **opts)
+    attack = build_attack(name, threat, **opts)
+    require_eps_ball(attack)  # a fooling image is no robustness evaluation
+    return attack
 
 
 def _is_rank0() -> bool:

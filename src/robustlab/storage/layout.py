@@ -36,6 +36,12 @@ DETECTOR_WEIGHTS = "detector.safetensors"
 DETECTOR_META = "detector.json"
 ATTACK_EXAMPLES = "adversarial.safetensors"
 ATTACK_SUMMARY = "summary.json"
+# in ARTIFACTS_DIR: the report's CNN visualisations (robustlab.runs.visual_artifacts), by manifest section
+VISUAL_ARTIFACTS = {
+    "decision_regions": "decision_regions.safetensors",
+    "channel_visualisations": "channel_visualisations.safetensors",
+    "nearest_neighbours": "nearest_neighbours.safetensors",
+}
 
 
 def read_json(path: str | Path) -> Any | None:
