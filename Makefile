@@ -13,7 +13,7 @@ setup: $(STAMP) data
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,docs]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,docs,tensorboard]'
 	touch $(STAMP)
 
 data:

@@ -7,6 +7,7 @@ student's modules). Bad input ends with exit code 2 and one line naming the prob
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
@@ -52,12 +53,47 @@ class _Group(click.Group):
             one_line_error(e)
 
 
-def parse_floats(text: str, what: str, whole: bool = False) -> list[Any]:
-    """A comma-separated list of numbers (``whole``: of whole numbers >= 1, as ints)."""
+def parse_number(text: str, what: str) -> float:
+    """A number written as a decimal (``0.031``) or a fraction (``8/255``, as papers give budgets)."""
+    t = str(text).strip()
+    num, slash, den = t.partition("/")
     try:
-        vals = [float(v) for v in str(text).split(",") if v.strip()]
+        value = float(num) / float(den) if slash else float(t)
     except ValueError:
-        raise ValueError(f"{what} must be a comma-separated list of numbers, got {text!r}") from None
+        raise ValueError(f"{what} must be a number or a fraction like 8/255, got {text!r}") from None
+    except ZeroDivisionError:
+        raise ValueError(f"{what} divides by zero: {text!r}") from None
+    return value
+
+
+class Number(click.ParamType):
+    """A click option value that is a number or a fraction (``--eps 8/255``)."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        what = param.opts[0] if param is not None and param.opts else "value"
+        try:
+            number = parse_number(value, what)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{what} must be finite, got {value!r}", param, ctx)
+        return number
+
+
+#: ``type=`` of the budget options: a number or a fraction.
+NUMBER = Number()
+
+
+def parse_floats(text: str, what: str, whole: bool = False) -> list[Any]:
+    """A comma-separated list of numbers or fractions (``whole``: of whole numbers >= 1, as ints)."""
+    try:
+        vals = [parse_number(v, what) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{what} must be a comma-separated list of numbers (or fractions like 8/255), got {text!r}") from None
     if not vals:
         raise ValueError(f"{what} is empty")
     if whole and not all(v.is_integer() and v >= 1 for v in vals):

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from .common import argv_without_nproc, json_object, main, parse_floats, parse_options
+from .common import NUMBER, argv_without_nproc, json_object, main, parse_floats, parse_options
 
 CODE_WARNING = ("file.py:Name / package.module:Name IMPORTS AND RUNS that Python code: use only code you trust "
                 "(what is imported is printed on stderr)")
@@ -82,26 +82,34 @@ def _trust(kw: dict[str, Any]) -> Any:
 @model_data_options
 @click.option("--attack", "attack_name", default="pgd", show_default=True)
 @click.option("--norm", default="linf", show_default=True, help="linf | l2 | l1")
-@click.option("--eps", type=float, default=0.1, show_default=True)
+@click.option("--eps", type=NUMBER, default=0.1, show_default=True)
 @click.option("--steps", type=int, default=None, help="Iterations (iterative attacks).")
-@click.option("--target", type=int, default=None, help="Targeted: move every input toward class K.")
+@click.option("--target", default=None, metavar="K|random|least-likely",
+              help="Targeted: toward class K, a random other class per image, or each image's least likely class.")
+@click.option("--labels", type=click.Choice(["true", "predicted"]), default="true", show_default=True,
+              help="Attack the true labels, or the model's own predictions (success = the prediction changed).")
 @click.option("--attack-option", "attack_option", multiple=True, help="Attack option KEY=VALUE (repeatable).")
 @click.option("--n", type=click.IntRange(min=1), default=1000, show_default=True, help="Test images to attack.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--device", default="auto", show_default=True)
-def attack(run, attack_name, norm, eps, steps, target, attack_option, n, batch_size, out, device, **kw) -> None:
-    """Attack a trained run's test images (or --model on --data); save the examples (safetensors)
-    and a JSON summary."""
+def attack(run, attack_name, norm, eps, steps, target, labels, attack_option, n, batch_size, out, device, **kw) -> None:
+    """Attack a trained run's test images (or --model on --data); save the examples (safetensors),
+    a JSON summary and a figure (original, magnified perturbation, adversarial, with confidences)."""
+    from ..report.attack_figure import draw_attack_dir
     from ..runs import attack_run
 
     model, data, trust = _sources(run, kw)
     with trust:
-        s = attack_run(run, out, attack=attack_name, norm=norm, eps=eps, steps=steps, target=target,
+        s = attack_run(run, out, attack=attack_name, norm=norm, eps=eps, steps=steps, target=target, labels=labels,
                        options=parse_options(attack_option), n=n, batch_size=batch_size, device=device,
                        model_source=model, data=data)
+    figure = draw_attack_dir(out)
+    hit = f", target reached {s['target_hit_rate']:.4f}" if "target_hit_rate" in s else ""
+    changed = f", prediction changed {s['prediction_changed']:.4f}" if "prediction_changed" in s else ""
     click.echo(f"{attack_name}: clean {s['clean_accuracy']:.4f} -> adversarial {s['adversarial_accuracy']:.4f}, "
-               f"success on correct {s['success_rate_on_correct']:.4f} ({s['seconds']:.1f}s); written to {Path(out)}")
+               f"success on correct {s['success_rate_on_correct']:.4f}{hit}{changed} ({s['seconds']:.1f}s); "
+               f"written to {Path(out)} (figure {figure})")
 
 
 # --- evaluate --------------------------------------------------------------------------------
@@ -210,7 +218,7 @@ def _print_metrics(metrics: dict[str, Any], norm: str) -> None:
 @click.argument("runs", nargs=-1, required=False, type=click.Path(exists=True, file_okay=False))
 @model_data_options
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for report.html and its PNGs.")
-@click.option("--eps", type=float, default=0.1, show_default=True, help="Budget of the report's adversarial examples.")
+@click.option("--eps", type=NUMBER, default=0.1, show_default=True, help="Budget of the report's adversarial examples.")
 @click.option("--norm", default="linf", show_default=True, help="linf | l2 | l1")
 @click.option("--n-examples", type=int, default=8, show_default=True, help="Adversarial examples shown per run.")
 @click.option("--no-artifacts", is_flag=True, help="Only read what the runs already hold; compute nothing.")
@@ -262,7 +270,7 @@ def report(runs, out, eps, norm, n_examples, no_artifacts, device, **kw) -> None
 @model_data_options
 @click.option("--attack", "attack_name", default="pgd", show_default=True,
               help="Attack that makes the training examples (gradient attacks with steps, e.g. pgd, take --steps).")
-@click.option("--eps", type=float, default=0.1, show_default=True)
+@click.option("--eps", type=NUMBER, default=0.1, show_default=True)
 @click.option("--norm", default="linf", show_default=True, help="linf | l2 | l1")
 @click.option("--steps", type=int, default=10, show_default=True, help="Iterations of the (iterative) training attack.")
 @click.option("--eval-steps", type=int, default=20, show_default=True,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .common import _Group, main, parse_floats
+from .common import NUMBER, _Group, main, parse_floats
 
 
 @main.group("experiment", cls=_Group)
@@ -23,7 +23,7 @@ def experiment() -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for linearity.json and linearity.png.")
 @click.option("--dims", "dims_text", default="10,100,1000,10000", show_default=True,
               help="Comma-separated input dimensions of the linear classifiers.")
-@click.option("--eps", type=float, default=0.01, show_default=True, help="FGSM's Linf budget per input coordinate.")
+@click.option("--eps", type=NUMBER, default=0.01, show_default=True, help="FGSM's Linf budget per input coordinate.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic data (>= 0).")
 def linearity(out: str, dims_text: str, eps: float, seed: int) -> None:
     """FGSM on linear classifiers of growing input dimension: the activation change, its closed

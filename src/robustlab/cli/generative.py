@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import click
 
-from .common import one_line_error
+from .common import NUMBER, one_line_error
 
 _SETTINGS = {"help_option_names": ["-h", "--help"]}
 
@@ -188,7 +188,7 @@ def gan_arithmetic(run, a, b, c, classifier, k, seed) -> None:
 @click.option("--n", type=int, default=100, show_default=True)
 @click.option("--steps", type=int, default=200, show_default=True)
 @click.option("--lr", type=float, default=0.01, show_default=True)
-@click.option("--eps-z", type=float, default=0.1, show_default=True, help="Soft box around the start code.")
+@click.option("--eps-z", type=NUMBER, default=0.1, show_default=True, help="Soft box around the start code.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def gan_unrestricted(gan_run, classifier, second, source, target, n, steps, lr, eps_z, seed) -> None:
     """Unrestricted adversarial examples (Song et al. 2018) from a class-conditional GAN; images and
@@ -264,7 +264,7 @@ def advgan() -> None:
 @click.option("--out", type=click.Path(file_okay=False))
 @click.option("--resume", is_flag=True)
 @click.option("--target", default=None, help="The classifier run to fool.")
-@click.option("--eps", type=float, default=0.1, show_default=True)
+@click.option("--eps", type=NUMBER, default=0.1, show_default=True)
 @click.option("--norm", default="linf", show_default=True)
 @click.option("--dataset", default="fashion-mnist", show_default=True)
 @click.option("--data-root", default=None)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .common import argv_without_nproc, json_object, main, merge_options, parse_floats, parse_options
+from .common import NUMBER, argv_without_nproc, json_object, main, merge_options, parse_floats, parse_options
 
 
 # --- train -----------------------------------------------------------------------------------
@@ -39,12 +39,12 @@ from .common import argv_without_nproc, json_object, main, merge_options, parse_
                    "denoise_every_block=true, ...).")
 @click.option("--model-option", "model_option", multiple=True, help="Extra model option KEY=VALUE (repeatable).")
 @click.option("--defense", default="clean", show_default=True, help="Training objective (clean, or an adversarial one).")
-@click.option("--eps", type=float, default=None, help="Defense budget (adversarial objectives).")
+@click.option("--eps", type=NUMBER, default=None, help="Defense budget (adversarial objectives).")
 @click.option("--norm", default=None, help="linf | l2 | l1 (adversarial objectives).")
 @click.option("--defense-option", "defense_option", multiple=True, help="Objective option KEY=VALUE (repeatable).")
 @click.option("--monitor-attack", default="pgd", show_default=True,
               help="Attack measured on a fixed test subset after every epoch (history adv_accuracy); 'none' to skip.")
-@click.option("--monitor-eps", type=float, default=None, help="Budget of the monitor attack (default: --eps or 0.1).")
+@click.option("--monitor-eps", type=NUMBER, default=None, help="Budget of the monitor attack (default: --eps or 0.1).")
 @click.option("--monitor-n", type=int, default=500, show_default=True, help="Test images for the monitor attack.")
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
@@ -59,11 +59,15 @@ from .common import argv_without_nproc, json_object, main, merge_options, parse_
               help="Processes for data-parallel training (torch.distributed via torchrun; gloo on CPU, nccl on CUDA).")
 @click.option("--sync-bn", is_flag=True, help="SyncBatchNorm across processes (with --nproc > 1).")
 @click.option("--checkpoint-every", type=int, default=0, metavar="STEPS", help="Also checkpoint every STEPS steps (0: epoch ends).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--tensorboard", "tensorboard_dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
+              help="Also log each epoch's losses, accuracies and lr as TensorBoard scalars in DIR "
+                   "(needs: pip install 'robustlab[tensorboard]'; view with: tensorboard --logdir DIR).")
+@click.option("--quiet", is_flag=True, help="No progress bars (each epoch's results are still printed).")
 def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, model_name, model_kwargs, mean_text,
           std_text, init_from, freeze, batchnorm, activation,
           denoise, model_option, defense, eps, norm, defense_option, monitor_attack, monitor_eps, monitor_n, epochs,
-          batch_size, optimizer, lr, momentum, weight_decay, schedule, seed, nproc, sync_bn, checkpoint_every, device, quiet) -> None:
+          batch_size, optimizer, lr, momentum, weight_decay, schedule, seed, nproc, sync_bn, checkpoint_every, device,
+          tensorboard_dir, quiet) -> None:
     """Train a model into a run directory (or --resume one)."""
     from ..distributed import relaunch, shutdown
     from ..runs import RunSpec, monitor_spec, train_run
@@ -79,7 +83,7 @@ def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, mod
         # A resumed run continues with its saved settings; silently ignoring a changed one
         # (say --epochs 20) would hand back something the user did not ask for.
         ctx = click.get_current_context()
-        keep = {"run_arg", "out", "resume", "device", "quiet", "nproc"}
+        keep = {"run_arg", "out", "resume", "device", "quiet", "nproc", "tensorboard_dir"}
         given = [p.opts[0] for p in ctx.command.params if p.name not in keep and p.name is not None
                  and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
         if given:
@@ -103,13 +107,21 @@ def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, mod
                          checkpoint_every=checkpoint_every)
     t0 = time.perf_counter()
     ok = False
+    board = None
+    if tensorboard_dir is not None and int(os.environ.get("RANK", "0")) == 0:
+        from ..training.tensorboard import TensorBoardLog
+
+        board = TensorBoardLog(tensorboard_dir)
     try:
-        metrics = train_run(spec, run, config, device=device, resume=resume, on_stage=_print_offline_stage)
+        metrics = train_run(spec, run, config, device=device, resume=resume, on_stage=_print_offline_stage,
+                            on_epoch_end=board)
         ok = True
     except TrainingInterrupted as e:
         click.echo(str(e), err=True)
         sys.exit(e.exit_code)
     finally:
+        if board is not None:
+            board.close()
         shutdown(wait=ok)
     if int(os.environ.get("RANK", "0")) != 0:
         return
@@ -161,7 +173,7 @@ def demo(out, epochs, robust_epochs, train_limit, n_eval, device, quiet) -> None
 @click.option("--flip-prob", type=float, default=0.0, show_default=True)
 @click.option("--dropout", type=float, default=0.5, show_default=True, help="Student dropout (small-cnn, mlp).")
 @click.option("--stochastic-depth", type=float, default=0.2, show_default=True, help="Student stochastic depth (resnet18).")
-@click.option("--eps", type=float, default=0.1, show_default=True, help="PGD budget of the evaluation.")
+@click.option("--eps", type=NUMBER, default=0.1, show_default=True, help="PGD budget of the evaluation.")
 @click.option("--pgd-steps", type=int, default=20, show_default=True)
 @click.option("--eval-n", type=int, default=1000, show_default=True, help="Test images for the PGD evaluation.")
 @click.option("--test-limit", type=int, default=None, help="Use only the first N test images.")

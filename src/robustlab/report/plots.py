@@ -335,3 +335,32 @@ def plot_class_visualisations(images: np.ndarray, class_names: Sequence[str], ou
         ax.set_title(tex(label), fontsize=8)
     fig.suptitle(tex(title) if title else "class visualisations", fontsize=10)
     return save_figure(fig, out)
+
+
+def plot_attack_examples(x: np.ndarray, x_adv: np.ndarray, labels: Sequence[str], clean: Sequence[tuple[str, float]],
+                         adversarial: Sequence[tuple[str, float]], out: str | Path, title: str = "") -> Figure:
+    """The panda-to-gibbon figure for a batch: per column the original (true label, prediction and
+    confidence), the perturbation magnified to the full grey range (zero is mid-grey; the factor
+    is in the row title) and the adversarial example with its prediction and confidence.
+    ``x``/``x_adv``: (N, C, H, W) arrays in [0, 1]."""
+    n = len(x)
+    if n == 0 or len(x_adv) != n or not (len(labels) == len(clean) == len(adversarial) == n):
+        raise ValueError(f"plot_attack_examples needs matching non-empty inputs, got {n} and {len(x_adv)} images")
+    delta = x_adv - x
+    peak = float(np.abs(delta).max())
+    factor = 0.5 / peak if peak > 0 else 1.0
+    fig, axes = panel_grid(3, n, (1.5 * n + 0.6, 5.2))
+    for j in range(n):
+        show_image(axes[0][j], x[j])
+        axes[0][j].set_title(f"{labels[j]}\n→ {clean[j][0]} {clean[j][1]:.0%}", fontsize=7)
+        show_image(axes[1][j], 0.5 + factor * delta[j])
+        show_image(axes[2][j], x_adv[j])
+        ok = adversarial[j][0] == clean[j][0]
+        axes[2][j].set_title(f"→ {adversarial[j][0]} {adversarial[j][1]:.0%}", fontsize=7,
+                             color="#1a7f37" if ok else "#c62828")
+    axes[0][0].set_ylabel("original")
+    axes[1][0].set_ylabel(f"perturbation x{factor:.1f}")
+    axes[2][0].set_ylabel("adversarial")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return save_figure(fig, out)

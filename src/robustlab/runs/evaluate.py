@@ -212,6 +212,34 @@ def _write_out(out: Path, metrics: dict[str, Any], head: EvaluationResult | None
     return doc
 
 
+TARGET_MODES = ("random", "least-likely")
+LABEL_MODES = ("true", "predicted")
+
+
+def attack_targets(target: int | str | None, logits: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> torch.Tensor | None:
+    """Per-sample target classes: a fixed class K; ``"random"``: uniform over the classes other than
+    the sample's label (drawn per sample index, so the same whatever the batching); ``"least-likely"``:
+    the class of lowest clean logit (Kurakin et al.'s iterative least-likely class). None: untargeted."""
+    if target is None:
+        return None
+    nc = logits.shape[1]
+    if isinstance(target, str) and not target.lstrip("-").isdigit():
+        mode = target.strip().lower()
+        if mode == "least-likely":
+            return logits.argmin(1)
+        if mode == "random":
+            from .._rng import SampleRNG, randint
+
+            r = randint(SampleRNG(seed, torch.arange(len(labels), device=labels.device)), 0, nc - 1, (len(labels),),
+                        device=labels.device)
+            return r + (r >= labels).long()  # skip the sample's own label
+        raise ValueError(f"--target must be a class index, random or least-likely, got {target!r}")
+    k = int(target)
+    if not 0 <= k < nc:
+        raise ValueError(f"--target {k} is outside [0, {nc - 1}]")
+    return torch.full_like(labels, k)
+
+
 def attack_run(
     run: str | Path | None,
     out: str | Path,
@@ -220,7 +248,8 @@ def attack_run(
     norm: str = "linf",
     eps: float = 0.1,
     steps: int | None = None,
-    target: int | None = None,
+    target: int | str | None = None,
+    labels: str = "true",
     options: dict[str, Any] | None = None,
     n: int = 1000,
     batch_size: int = 500,
@@ -229,11 +258,20 @@ def attack_run(
     data: DataSource | None = None,
 ) -> dict[str, Any]:
     """Attack the first ``n`` test images of ``run`` (or of ``data``, with the model ``run`` or
-    ``model_source``), targeted at class ``target`` when given, and write the examples to
-    ``OUT/adversarial.safetensors`` (``x``, ``x_adv``, ``y``, ``pred_adv``, ``clean_pred``) and the
-    returned summary to ``OUT/summary.json``."""
+    ``model_source``) and write the examples to ``OUT/adversarial.safetensors`` (``x``, ``x_adv``,
+    ``y``, ``pred_adv``, ``clean_pred``, their softmax confidences ``clean_conf`` / ``adv_conf``, and
+    ``target`` when targeted) and the returned summary to ``OUT/summary.json``
+    (:func:`robustlab.report.attack_figure.draw_attack_dir` draws them).
+
+    ``target``: a class index, ``"random"`` or ``"least-likely"`` (see :func:`attack_targets`).
+    ``labels="predicted"`` attacks the model's own predictions instead of the true labels (as the
+    lecture's code does): success then means the prediction changed."""
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be >= 1, got {n} and {batch_size}")
+    if isinstance(target, str) and target.strip().lstrip("-").isdigit():
+        target = int(target)  # --target 3 from the command line
+    if labels not in LABEL_MODES:
+        raise ValueError(f"--labels must be one of {', '.join(LABEL_MODES)}, got {labels!r}")
     src = model_source or ModelSource(run=None if run is None else str(run))
     data = data or DataSource()
     dev = resolve_device(device)
@@ -243,37 +281,57 @@ def attack_run(
     if steps is not None:
         opts["steps"] = steps
     atk = build_attack(attack, threat, **opts)
-    if target is not None and not 0 <= target < info.num_classes:
-        raise ValueError(f"--target {target} is outside [0, {info.num_classes - 1}]")
+    clean_logits = _logits(model, x, batch_size)
+    clean_pred = clean_logits.argmax(1)
+    y_attack = clean_pred if labels == "predicted" else y
+    targets = attack_targets(target, clean_logits, y_attack)
+    if targets is None and getattr(atk, "needs_target", False):
+        raise ValueError(f"{attack} needs --target (a class index, random or least-likely)")
     t0 = time.perf_counter()
-    xs, succ, pred = [], [], []
+    xs, succ = [], []
     for i in range(0, len(x), batch_size):
-        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-        res = atk.run(model, xb, yb, target=None if target is None else torch.full_like(yb, target))
+        sl = slice(i, i + batch_size)
+        res = atk.run(model, x[sl], y_attack[sl], target=None if targets is None else targets[sl],
+                      sample_ids=torch.arange(i, min(i + batch_size, len(x)), device=x.device))
         xs.append(res.x_adv)
         succ.append(res.success)
-        with torch.no_grad():
-            pred.append(model(res.x_adv).argmax(1))
     seconds = time.perf_counter() - t0
-    x_adv, success, pred_adv = torch.cat(xs), torch.cat(succ), torch.cat(pred)
-    with torch.no_grad():
-        clean_pred = torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+    x_adv, success = torch.cat(xs), torch.cat(succ)
+    adv_logits = _logits(model, x_adv, batch_size)
+    pred_adv = adv_logits.argmax(1)
     correct = clean_pred == y
     delta = (x_adv - x).flatten(1)
     summary = {
-        "attack": repr(atk), "attack_name": attack, "threat": threat.to_dict(), "options": opts,
-        "target": target, "n": len(x), "clean_accuracy": float(correct.float().mean()),
-        "adversarial_accuracy": float((pred_adv == y).float().mean()),
-        "success_rate_on_correct": float((success & correct).float().sum() / max(int(correct.sum()), 1)),
+        "attack": repr(atk), "attack_name": attack, "threat": threat.to_dict(), "eps_ball": bool(atk.eps_ball),
+        "options": opts, "target": target, "labels": labels, "n": len(x),
+        "clean_accuracy": int(correct.sum()) / len(x),
+        "adversarial_accuracy": int((pred_adv == y).sum()) / len(x),
+        "success_rate_on_correct": int((success & correct).sum()) / max(int(correct.sum()), 1),
         "mean_l2": float(delta.norm(dim=1).mean()), "max_linf": float(delta.abs().amax(1).max()),
         "seconds": round(seconds, 3), "model": src.identity(), "data": data_id,
+        "class_names": list(info.class_names),
     }
+    if targets is not None:
+        summary["target_hit_rate"] = int((pred_adv == targets).sum()) / len(x)
+    if labels == "predicted":
+        summary["prediction_changed"] = int((pred_adv != clean_pred).sum()) / len(x)
     outp = Path(out)
-    atomic_save_safetensors({"x": x.cpu(), "x_adv": x_adv.cpu(), "y": y.cpu(), "pred_adv": pred_adv.cpu(),
-                             "clean_pred": clean_pred.cpu()}, outp / ATTACK_EXAMPLES)
+    tensors = {"x": x.cpu(), "x_adv": x_adv.cpu(), "y": y.cpu(), "pred_adv": pred_adv.cpu(), "clean_pred": clean_pred.cpu(),
+               "clean_conf": clean_logits.softmax(1).amax(1).cpu(), "adv_conf": adv_logits.softmax(1).amax(1).cpu()}
+    if targets is not None:
+        tensors["target"] = targets.cpu()
+    atomic_save_safetensors(tensors, outp / ATTACK_EXAMPLES)
     atomic_write_json(outp / ATTACK_SUMMARY, summary)
     return summary
 
 
-__all__ = ["EVALUATION_KEYS", "attack_run", "evaluate_run", "evaluation_attack",
+def _logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Logits in eval mode, batched (the model's modes restored)."""
+    from .._torch import model_guard
+
+    with torch.no_grad(), model_guard(model, eval_mode=True):
+        return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+__all__ = ["EVALUATION_KEYS", "LABEL_MODES", "TARGET_MODES", "attack_run", "attack_targets", "evaluate_run", "evaluation_attack",
            "replace_evaluation_metrics"]

@@ -191,10 +191,11 @@ def build_run_model(spec: RunSpec, info: Any, x_one: torch.Tensor, y: torch.Tens
 
 
 def train_run(spec: RunSpec, run_dir: str | Path, config: TrainConfig, device: str = "auto", resume: bool = False,
-              on_stage: Any | None = None) -> dict[str, Any]:
+              on_stage: Any | None = None, on_epoch_end: Any | None = None) -> dict[str, Any]:
     """Train (or resume) the run in ``run_dir`` and return its metrics. Under torchrun, a restarted
     worker group resumes by itself (see :func:`elastic_resume`). ``on_stage(stage, text, numbers)``
-    hears of each finished step of the offline pipeline (``defense="offline"``)."""
+    hears of each finished step of the offline pipeline (``defense="offline"``); ``on_epoch_end(epoch,
+    line)`` of each finished epoch of the other defenses (e.g. a TensorBoard log)."""
     from ..distributed import dist_info, init_from_env, wrap
 
     run = Path(run_dir)
@@ -227,6 +228,8 @@ def train_run(spec: RunSpec, run_dir: str | Path, config: TrainConfig, device: s
         atomic_write_json(run / CONFIG_FILE, {"spec": spec.to_dict(), "training": config.to_dict()})
     metadata = {"dataset": info.to_dict(), "spec": spec.to_dict()}
     if spec.defense == "offline":
+        if on_epoch_end is not None:
+            raise ValueError("--tensorboard is not available for the offline pipeline (two trainings in one run)")
         return _offline_run(spec, run, config, (x_tr, y_tr), (x_te, y_te), info, opts, metadata, resume, on_stage)
     objective = objective_for_spec(spec)
     prepare = getattr(objective, "prepare", None)
@@ -243,6 +246,7 @@ def train_run(spec: RunSpec, run_dir: str | Path, config: TrainConfig, device: s
         resume=resume,
         monitor_attack=monitor,
         metadata=metadata,
+        on_epoch_end=on_epoch_end,
     )
     finish = getattr(objective, "finish", None)
     if callable(finish):

@@ -36,6 +36,7 @@ DETECTOR_WEIGHTS = "detector.safetensors"
 DETECTOR_META = "detector.json"
 ATTACK_EXAMPLES = "adversarial.safetensors"
 ATTACK_SUMMARY = "summary.json"
+ATTACK_GRID = "adversarial.png"
 # in ARTIFACTS_DIR: the report's CNN visualisations (robustlab.runs.visual_artifacts), by manifest section
 VISUAL_ARTIFACTS = {
     "decision_regions": "decision_regions.safetensors",
