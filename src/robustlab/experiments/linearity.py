@@ -29,11 +29,10 @@ from torch import nn
 from .._torch import check_float, check_int
 from ..attacks import FGSM
 from ..storage import atomic_write_json
+from ..storage.layout import LINEARITY_JSON, LINEARITY_PNG
 from ..threat import ThreatModel
 
 #: Files :func:`run_linearity` writes into its output folder.
-LINEARITY_JSON = "linearity.json"
-LINEARITY_PNG = "linearity.png"
 DEFAULT_DIMS = (10, 100, 1000, 10000)
 _CHUNK = 500  # samples generated (and attacked) at a time: memory stays bounded at n = 10^4 and beyond
 

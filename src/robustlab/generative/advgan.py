@@ -32,13 +32,12 @@ from torch import nn
 from .._torch import check_float, check_int, model_guard
 from ..attacks.base import Attack, OptGen
 from ..storage import atomic_write_json, ensure_writable_dir
+from ..storage.layout import ADVGAN_EXAMPLES as EXAMPLES_FILE
 from ..storage.layout import CONFIG_FILE, STATE_FILE
 from ..threat import ThreatModel, canonical_norm
 from .checkpoint import load_network
 from .losses import discriminator_loss, generator_loss, margin_adversarial_loss, perturbation_hinge
 from .models import build_network
-
-EXAMPLES_FILE = "advgan_examples.safetensors"
 
 
 def perturbation(generator: nn.Module, x: torch.Tensor, threat: ThreatModel) -> torch.Tensor:

@@ -34,11 +34,10 @@ from ..storage import (
     read_json_record,
     read_safetensors,
 )
-from ..storage.layout import STATE_FILE
+from ..storage.layout import NETWORKS_META, STATE_FILE
 from ..storage.state import STATE_FORMAT
 from .models import build_network
 
-NETWORKS_META = "networks.json"
 FORMAT = "robustlab-generative"
 FORMAT_VERSION = 1
 KINDS = ("gan", "cyclegan", "advgan")

@@ -26,12 +26,11 @@ from torch import nn
 from .._torch import check_float, check_int, model_guard
 from ..storage import atomic_write_json, ensure_writable_dir
 from ..storage.layout import CONFIG_FILE, STATE_FILE
+from ..storage.layout import CYCLEGAN_TRANSLATIONS as TRANSLATIONS_FILE
 from ..training.loop import write_metrics
 from .loop import epoch_order, run_epochs
 from .losses import cycle_consistency_loss, discriminator_loss, generator_loss
 from .models import build_network
-
-TRANSLATIONS_FILE = "cyclegan_translations.safetensors"
 
 
 def resolve_domain(domain: str | int, class_names: Sequence[str]) -> int:

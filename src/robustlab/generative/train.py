@@ -23,13 +23,13 @@ import torch
 from .._torch import check_int
 from ..storage import atomic_write_json, ensure_writable_dir
 from ..storage.layout import CONFIG_FILE, STATE_FILE, read_json
+from ..storage.layout import GAN_SAMPLES as SAMPLES_FILE
 from ..training.loop import write_metrics
 from .loop import epoch_order, run_epochs
 from .losses import check_loss, check_real_label, discriminator_loss, generator_loss
 from .metrics import GanJudge
 from .models import build_network
 
-SAMPLES_FILE = "gan_samples.safetensors"  # in ARTIFACTS_DIR: the fixed-code grid after every epoch
 GRID = 64
 
 

@@ -20,13 +20,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ..storage import atomic_write_json
+from ..storage.layout import COMPARE_DATA as DATA_FILE
+from ..storage.layout import COMPARE_FIGURE as FIGURE_FILE
 from .data import RunData, finite_number, monitor_label, percent, read_run
 from .plots import save_figure, tex
 
 ON_CORRECT = "adv_accuracy_on_correct"
 OVER_ALL = "adv_accuracy"
-FIGURE_FILE = "compare.png"
-DATA_FILE = "compare.json"
 KIND = "robustlab-compare"
 ALWAYS_BATCHNORM = ("resnet18",)  # registered models whose blocks always normalise (no batchnorm option)
 FALLBACK_NOTE = "adv acc over all monitor images: older run, no adv_accuracy_on_correct"

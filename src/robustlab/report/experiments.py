@@ -20,14 +20,13 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from ..storage.layout import CONFIG_FILE, DETECTOR_META, METRICS_FILE, read_json
+from ..storage.layout import CONFIG_FILE, DETECTOR_META, METRICS_FILE, ROC_FILE, read_json
 from .data import RunData, finite_number, percent
 from .plots import save_figure, tex
 
 DETECTOR = "detector"
 NOISY_STUDENT = "noisy-student"
 DETECTOR_FORMAT = "robustlab-detector"  # robustlab.detection.detector.DETECTOR_FORMAT (not imported: no model code here)
-ROC_FILE = "roc.json"  # robustlab.runs.detector.ROC_FILE
 OFFLINE_STAGES = (  # metrics.json key, model, test set
     ("stage1_clean_accuracy", "first model (clean training)", "organic (clean) test images"),
     ("stage1_fgsm_train_accuracy", "first model (clean training)", "FGSM training images crafted against it"),

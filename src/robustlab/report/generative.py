@@ -18,12 +18,11 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..storage.layout import ARTIFACTS_DIR, read_json
+from ..storage.layout import ARTIFACTS_DIR, NETWORKS_META, read_json
 from .data import RunData, finite_number, percent, read_tensors
 from .plots import panel_grid, save_figure, show_image, tex
 
 Figure_ = Callable[..., str]
-NETWORKS_META = "networks.json"  # robustlab.generative.checkpoint.NETWORKS_META (not imported: reports never load models)
 
 
 def _e(v: Any) -> str:

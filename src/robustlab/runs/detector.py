@@ -25,12 +25,11 @@ import torch
 
 from ..attacks import ATTACKS, Attack, attack_options, build_attack
 from ..storage import atomic_write_json
-from ..storage.layout import METRICS_FILE
+from ..storage.layout import METRICS_FILE, ROC_FILE
 from ..threat import ThreatModel, canonical_norm
 from .train import resolve_device
 
 ADAPTIVE_STEPS = 20  # the adaptive attack's steps when the training attack is not iterative
-ROC_FILE = "roc.json"  # report.experiments.ROC_FILE reads it
 
 
 def iterative_whitebox(name: str) -> bool:

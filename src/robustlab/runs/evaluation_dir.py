@@ -21,9 +21,9 @@ from torch import nn
 
 from ..storage import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, environment_info
 from ..storage.layout import ATTACK_EXAMPLES, EVALUATION_FILE
+from ..storage.layout import ATTACK_GRID as GRID_FILE
 
 KIND = "robustlab-evaluation"  # report.data.EVALUATION_KIND reads it
-GRID_FILE = "adversarial.png"
 # Statistics (not settings such as eps) are rounded to what the sample size supports.
 ROUNDED_KEYS = ("accuracy", "rate", "mean_", "max_", "seconds", "per_attack", "corruptions")
 

@@ -12,6 +12,10 @@ A run directory (``robustlab train --out RUN``) holds::
     artifacts/artifacts.json tensors a report draws (examples, feature maps, ...), one file each
     report.html              the self-contained report
 
+Generative runs add ``networks.json`` and their artifacts; ``attack --out``, ``evaluate --out``,
+``train-detector --out``, ``compare --out`` and ``experiment linearity --out`` directories use
+the names below too, so no module spells a file name of its own.
+
 It lives in ``storage`` rather than ``runs`` because training (below ``runs`` in the import
 order) writes most of these files.
 """
@@ -37,6 +41,17 @@ DETECTOR_META = "detector.json"
 ATTACK_EXAMPLES = "adversarial.safetensors"
 ATTACK_SUMMARY = "summary.json"
 ATTACK_GRID = "adversarial.png"
+ROC_FILE = "roc.json"  # train-detector: the ROC points the report draws
+# generative runs (robustlab gan / cyclegan / advgan train)
+NETWORKS_META = "networks.json"  # the networks' architectures (weights: MODEL_WEIGHTS)
+GAN_SAMPLES = "gan_samples.safetensors"  # in ARTIFACTS_DIR: the fixed-code grid after every epoch
+CYCLEGAN_TRANSLATIONS = "cyclegan_translations.safetensors"  # in ARTIFACTS_DIR
+ADVGAN_EXAMPLES = "advgan_examples.safetensors"  # in ARTIFACTS_DIR
+# other commands' output directories
+COMPARE_FIGURE = "compare.png"  # robustlab compare --out DIR
+COMPARE_DATA = "compare.json"
+LINEARITY_JSON = "linearity.json"  # robustlab experiment linearity --out DIR
+LINEARITY_PNG = "linearity.png"
 # in ARTIFACTS_DIR: the report's CNN visualisations (robustlab.runs.visual_artifacts), by manifest section
 VISUAL_ARTIFACTS = {
     "decision_regions": "decision_regions.safetensors",
