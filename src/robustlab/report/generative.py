@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..storage.layout import ARTIFACTS_DIR, NETWORKS_META, read_json
+from ..storage.layout import ADVGAN_EXAMPLES, ARTIFACTS_DIR, CYCLEGAN_TRANSLATIONS, GAN_SAMPLES, NETWORKS_META, read_json
 from .data import RunData, finite_number, percent, read_tensors
 from .plots import panel_grid, save_figure, show_image, tex
 
@@ -177,7 +177,7 @@ def _gan_card(run: RunData, slug: str, figure: Figure_) -> str:
     if run.history:
         parts.append(figure(f"{slug}-gan-curves", plot_gan_curves, run.history, real_inception_score=real or ev.get("real_inception_score"),
                             alt=f"GAN losses, Inception Score and Fréchet distance over epochs, {run.title}"))
-    grids = _tensors(run, "gan_samples.safetensors")
+    grids = _tensors(run, GAN_SAMPLES)
     parts.append(figure(f"{slug}-gan-samples", plot_sample_grids, grids, alt=f"samples from fixed codes per epoch, {run.title}")
                  if grids else _missing("No sample grids recorded."))
     hist = ev.get("class_histogram") or last.get("class_histogram")
@@ -210,7 +210,7 @@ def _cyclegan_card(run: RunData, slug: str, figure: Figure_) -> str:
     parts = [_note(f"{doms[0]} → {doms[1]}: translated-domain accuracy {percent(finite_number(m.get('translated_accuracy_a_to_b')))}, "
                    f"{doms[1]} → {doms[0]}: {percent(finite_number(m.get('translated_accuracy_b_to_a')))}; cycle reconstruction "
                    f"error (mean |pixel|) {finite_number(m.get('cycle_error_a'))} / {finite_number(m.get('cycle_error_b'))}.")]
-    t = _tensors(run, "cyclegan_translations.safetensors")
+    t = _tensors(run, CYCLEGAN_TRANSLATIONS)
     if not t:
         return "".join(parts) + _missing("No translations recorded.")
     rows = [(str(doms[0]), t["a"]), (f"→ {doms[1]}", t["a_to_b"]), ("cycle", t["a_cycle"]),
@@ -223,7 +223,7 @@ def _advgan_card(run: RunData, slug: str, figure: Figure_) -> str:
     parts = [_note(f"Target {m.get('target')}, {m.get('norm')} eps {m.get('eps')}: AdvGAN fools "
                    f"{percent(finite_number(m.get('success_rate')))} of {m.get('monitor_n')} correctly classified test images "
                    "(one generator forward pass each).")]
-    t = _tensors(run, "advgan_examples.safetensors")
+    t = _tensors(run, ADVGAN_EXAMPLES)
     if t:
         parts.append(figure(f"{slug}-advgan", plot_advgan_examples, t, _names(run), eps=finite_number(m.get("eps")),
                             alt=f"AdvGAN examples, {run.title}"))
