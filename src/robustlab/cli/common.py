@@ -145,6 +145,41 @@ def merge_options(pairs: tuple[str, ...], **given: Any) -> dict[str, Any]:
     return {**parse_options(pairs), **{k: v for k, v in given.items() if v is not None}}
 
 
+def repeated_options(order: list[Any]) -> list[str]:
+    """The single-use options (an option that takes one value: not a flag, not ``multiple``, not a
+    count) that appear more than once in ``order``, the parameters in the order parsed."""
+    counts: dict[str, int] = {}
+    for param in order:
+        if isinstance(param, click.Option) and not (param.multiple or param.count or param.is_flag):
+            name = param.opts[0] if param.opts else str(param.name)
+            counts[name] = counts.get(name, 0) + 1
+    return [name for name, k in counts.items() if k > 1]
+
+
+class SingleUseCommand(click.Command):
+    """A command on which an option that takes one value may be given only once: click itself would
+    silently keep the last of ``--eps 0.1 --eps 0.3``, so a repeat is a usage error naming the option
+    (exit code 2, one line, through :class:`_Group`). Repeatable options say ``multiple=True``."""
+
+    def make_parser(self, ctx: click.Context) -> Any:
+        parser = super().make_parser(ctx)
+        parse = parser.parse_args
+
+        def parse_args(args: list[str]) -> Any:
+            opts, largs, order = parse(args)
+            repeated = repeated_options(order)
+            if repeated:
+                raise click.UsageError(f"{', '.join(repeated)} given more than once: it takes one value (only the "
+                                       "last would count); give it once", ctx)
+            return opts, largs, order
+
+        setattr(parser, "parse_args", parse_args)  # noqa: B010 (an instance attribute, for mypy)
+        return parser
+
+
+_Group.command_class = SingleUseCommand  # every command of the main group refuses a repeated single-use option
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="robustlab")
 def main() -> None:

@@ -19,10 +19,12 @@ from typing import Any
 
 import click
 
-from .common import NUMBER, argv_without_nproc, json_object, main, parse_floats, parse_options
+from .common import NUMBER, SingleUseCommand, argv_without_nproc, json_object, main, parse_floats, parse_options
 
 CODE_WARNING = ("file.py:Name / package.module:Name IMPORTS AND RUNS that Python code: use only code you trust "
                 "(what is imported is printed on stderr)")
+EOT_HELP = ("Expectation over Transformation for randomised models: every gradient attack averages its gradients, "
+            "losses and success decisions over N forward passes (cost x N); an attack without EOT is an error.")
 MODEL_OPTIONS = [
     click.option("--model", "entry", default=None, metavar="ENTRY",
                  help="A model of your own instead of RUN: file.py:Name or package.module:Name (a class or factory "
@@ -77,7 +79,7 @@ def _trust(kw: dict[str, Any]) -> Any:
 
 
 # --- attack ----------------------------------------------------------------------------------
-@main.command()
+@main.command(cls=SingleUseCommand)
 @click.argument("run", required=False, type=click.Path(exists=True, file_okay=False))
 @model_data_options
 @click.option("--attack", "attack_name", default="pgd", show_default=True)
@@ -89,11 +91,12 @@ def _trust(kw: dict[str, Any]) -> Any:
 @click.option("--labels", type=click.Choice(["true", "predicted"]), default="true", show_default=True,
               help="Attack the true labels, or the model's own predictions (success = the prediction changed).")
 @click.option("--attack-option", "attack_option", multiple=True, help="Attack option KEY=VALUE (repeatable).")
+@click.option("--eot", type=click.IntRange(min=1), default=None, metavar="N", help=EOT_HELP)
 @click.option("--n", type=click.IntRange(min=1), default=1000, show_default=True, help="Test images to attack.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--device", default="auto", show_default=True)
-def attack(run, attack_name, norm, eps, steps, target, labels, attack_option, n, batch_size, out, device, **kw) -> None:
+def attack(run, attack_name, norm, eps, steps, target, labels, attack_option, eot, n, batch_size, out, device, **kw) -> None:
     """Attack a trained run's test images (or --model on --data); save the examples (safetensors),
     a JSON summary and a figure (original, magnified perturbation, adversarial, with confidences)."""
     from ..report.attack_figure import draw_attack_dir
@@ -102,7 +105,7 @@ def attack(run, attack_name, norm, eps, steps, target, labels, attack_option, n,
     model, data, trust = _sources(run, kw)
     with trust:
         s = attack_run(run, out, attack=attack_name, norm=norm, eps=eps, steps=steps, target=target, labels=labels,
-                       options=parse_options(attack_option), n=n, batch_size=batch_size, device=device,
+                       options=parse_options(attack_option), eot=eot, n=n, batch_size=batch_size, device=device,
                        model_source=model, data=data)
     figure = draw_attack_dir(out)
     hit = f", target reached {s['target_hit_rate']:.4f}" if "target_hit_rate" in s else ""
@@ -113,7 +116,7 @@ def attack(run, attack_name, norm, eps, steps, target, labels, attack_option, n,
 
 
 # --- evaluate --------------------------------------------------------------------------------
-@main.command()
+@main.command(cls=SingleUseCommand)
 @click.argument("run", required=False, type=click.Path(exists=True, file_okay=False))
 @model_data_options
 @click.option("--out", default=None, type=click.Path(file_okay=False),
@@ -129,10 +132,12 @@ def attack(run, attack_name, norm, eps, steps, target, labels, attack_option, n,
 @click.option("--n", type=click.IntRange(min=1), default=None, help="Test images (default: all).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (with --out: evaluation.json's document).")
-@click.option("--surrogate", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Run whose model crafts the 'transfer' attack's examples.")
+@click.option("--surrogate", "surrogates", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Run whose model crafts the 'transfer' attack's examples. Repeatable: K runs make K transfer "
+                   "attacks (transfer-1 .. transfer-K); a sample counts as robust only if it survives all of them.")
 @click.option("--generator", default=None, type=click.Path(exists=True, file_okay=False),
               help="Generator run (robustlab advgan train) of the 'advgan' attack.")
+@click.option("--eot", type=click.IntRange(min=1), default=None, metavar="N", help=EOT_HELP)
 @click.option("--checks", "with_checks", is_flag=True, help="Also run the gradient-masking checks.")
 @click.option("--iterations", "iterations_text", default=None,
               help="Comma-separated step counts, e.g. 10,20,50,100,1000: robust accuracy vs attack iterations "
@@ -143,8 +148,8 @@ def attack(run, attack_name, norm, eps, steps, target, labels, attack_option, n,
 @click.option("--nproc", type=int, default=1, show_default=True, help="Shard the evaluation over N processes (torchrun).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True)
-def evaluate(run, out, save_adversarial, attack_names, suite, eps_text, norm, steps, n, batch_size, as_json, surrogate, generator,
-             with_checks, iterations_text, with_corruptions, nproc, device, quiet, **kw) -> None:
+def evaluate(run, out, save_adversarial, attack_names, suite, eps_text, norm, steps, n, batch_size, as_json, surrogates, generator,
+             eot, with_checks, iterations_text, with_corruptions, nproc, device, quiet, **kw) -> None:
     """Clean accuracy, and robust accuracy under attacks or a suite, of RUN (writes RUN/metrics.json)
     or of --model on --data (writes --out DIR/evaluation.json)."""
     from ..distributed import relaunch, shutdown
@@ -160,8 +165,8 @@ def evaluate(run, out, save_adversarial, attack_names, suite, eps_text, norm, st
     try:
         with trust:
             metrics = evaluate_run(run, attacks=attack_names.split(",") if attack_names else None, suite=suite, eps=eps,
-                                   norm=norm, steps=steps, n=n, batch_size=batch_size, surrogate=surrogate, generator=generator,
-                                   checks=with_checks, iterations=iterations, corruptions=with_corruptions,
+                                   norm=norm, steps=steps, n=n, batch_size=batch_size, surrogate=surrogates, generator=generator,
+                                   eot=eot, checks=with_checks, iterations=iterations, corruptions=with_corruptions,
                                    device=device, progress=not quiet, model=model, data=data, out=out,
                                    save_adversarial=save_adversarial)
         ok = True
@@ -183,7 +188,7 @@ def evaluate(run, out, save_adversarial, attack_names, suite, eps_text, norm, st
 def _print_document(doc: dict[str, Any]) -> None:
     """The table ``evaluate --out`` prints (without --json)."""
     flat: dict[str, Any] = {"evaluated_samples": doc["n"], "evaluation_clean_accuracy": doc["clean_accuracy"], **{
-        k: doc[k] for k in ("per_attack", "robust_accuracy", "iterations_curve", "iterations_attack", "corruptions",
+        k: doc[k] for k in ("eot", "per_attack", "robust_accuracy", "iterations_curve", "iterations_attack", "corruptions",
                             "mean_corruption_accuracy", "checks") if k in doc}}
     threat = doc.get("threat") or {}
     _print_metrics({**flat, "eps": threat.get("eps", 0.0)}, threat.get("norm", ""))
@@ -197,7 +202,8 @@ def _print_metrics(metrics: dict[str, Any], norm: str) -> None:
     if "per_attack" in metrics:
         for name, acc in metrics["per_attack"].items():
             click.echo(f"{name:<16} {acc:.4f}")
-        click.echo(f"robust (worst)   {metrics['robust_accuracy']:.4f}  at {norm} eps={metrics['eps']:g}")
+        eot = f", EOT {metrics['eot']} draws" if metrics.get("eot") else ""
+        click.echo(f"robust (worst)   {metrics['robust_accuracy']:.4f}  at {norm} eps={metrics['eps']:g}{eot}")
     if metrics.get("iterations_curve"):
         click.echo(f"robust accuracy vs iterations ({metrics['iterations_attack']}): " + ", ".join(
             f"{c['steps']}: {c['robust_accuracy']:.4f}" for c in metrics["iterations_curve"]))
@@ -214,7 +220,7 @@ def _print_metrics(metrics: dict[str, Any], norm: str) -> None:
 
 
 # --- report ----------------------------------------------------------------------------------
-@main.command()
+@main.command(cls=SingleUseCommand)
 @click.argument("runs", nargs=-1, required=False, type=click.Path(exists=True, file_okay=False))
 @model_data_options
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for report.html and its PNGs.")
@@ -265,7 +271,7 @@ def report(runs, out, eps, norm, n_examples, no_artifacts, device, **kw) -> None
 
 
 # --- train-detector --------------------------------------------------------------------------
-@main.command("train-detector")
+@main.command("train-detector", cls=SingleUseCommand)
 @click.argument("run", required=False, type=click.Path(exists=True, file_okay=False))
 @model_data_options
 @click.option("--attack", "attack_name", default="pgd", show_default=True,

@@ -24,7 +24,8 @@ from ..attacks import ATTACKS, Attack, attack_options, build_attack, require_eps
 from ..distributed import init_from_env
 from ..evaluation import EvaluationResult, clean_accuracy, corruption_metrics, evaluate, iterations_metrics
 from ..evaluation.curves import iterations_attack_for
-from ..registry import required_options
+from ..evaluation.suites import build_suite
+from ..registry import lookup, required_options
 from ..storage import atomic_save_safetensors, atomic_write_json, atomic_write_text, load_model
 from ..storage.layout import ATTACK_EXAMPLES, ATTACK_SUMMARY, EVALUATION_FILE, METRICS_FILE, read_json
 from ..threat import ThreatModel, canonical_norm
@@ -35,22 +36,23 @@ from .train import resolve_device
 # metrics.json keys an evaluation writes (and the next evaluation removes before writing its own)
 EVALUATION_KEYS = ("evaluated_samples", "evaluation_clean_accuracy", "robust_accuracy", "per_attack", "eps", "norm",
                    "suite", "evaluation", "eps_curve", "checks", "iterations_curve", "iterations_attack", "corruptions",
-                   "corruptions_n", "mean_corruption_accuracy", "evaluate_seconds", "evaluation_keys")
+                   "corruptions_n", "mean_corruption_accuracy", "evaluate_seconds", "evaluation_keys", "eot", "surrogates")
 
 
 #: Models an attack needs from outside (its constructor option -> how the CLI takes it).
 ATTACK_RESOURCES = {
-    "surrogate": "--surrogate RUN (the model that crafts the examples)",
+    "surrogate": "--surrogate RUN (the model that crafts the examples; repeatable)",
     "generator": "--generator GEN (a generator trained with robustlab advgan train)",
 }
 
 
 def evaluation_attack(name: str, threat: ThreatModel, steps: int | None = None,
-                      resources: dict[str, Any] | None = None) -> Attack:
+                      resources: dict[str, Any] | None = None, eot: int | None = None) -> Attack:
     """One attack of ``evaluate --attacks``: seeded (seed 0) when it takes a seed, ``steps`` mapped
     to its budget (``steps``, or ``queries`` for query attacks), and each of ``resources`` (e.g.
     ``surrogate`` for ``transfer``, ``generator`` for ``advgan``) given to the attacks that take
-    it. An attack that requires a resource nobody gave is a ValueError naming the option."""
+    it. An attack that requires a resource nobody gave is a ValueError naming the option. ``eot``
+    (``--eot N``): the attack averages over N draws; an attack without EOT is a ValueError naming it."""
     if name not in ATTACKS:
         build_attack(name, threat)  # raises the registry's "unknown attack" error
     cls = ATTACKS[name]
@@ -61,6 +63,8 @@ def evaluation_attack(name: str, threat: ThreatModel, steps: int | None = None,
             opts["steps"] = steps
         elif "queries" in allowed:
             opts["queries"] = steps
+    if eot is not None:
+        opts["eot"] = check_eot(name, cls, eot)
     opts.update({k: v for k, v in (resources or {}).items() if k in allowed and v is not None})
     for option, how in ATTACK_RESOURCES.items():
         if option in required_options(cls) and option not in opts:
@@ -68,6 +72,74 @@ def evaluation_attack(name: str, threat: ThreatModel, steps: int | None = None,
     attack = build_attack(name, threat, **opts)
     require_eps_ball(attack)  # a fooling image is no robustness evaluation
     return attack
+
+
+def check_eot(name: str, cls: type[Attack], eot: Any) -> int:
+    """``eot`` as a whole number >= 1 for the attack ``name`` (class ``cls``); a ValueError when it
+    is not one, or when the attack has no EOT (it takes no gradients of the model: nothing to average)."""
+    if isinstance(eot, bool) or not isinstance(eot, int) or eot < 1:
+        raise ValueError(f"--eot must be a whole number >= 1, got {eot!r}")
+    if "eot" not in (attack_options(cls) or ["eot"]):
+        raise ValueError(f"--eot {eot}: the {name} attack has no EOT (it takes no gradients of the model); "
+                         "--eot applies to gradient attacks only")
+    return eot
+
+
+def evaluation_attacks(names: Sequence[str], threat: ThreatModel, steps: int | None = None,
+                       resources: dict[str, Any] | None = None, eot: int | None = None) -> list[Attack]:
+    """The attacks of ``evaluate --attacks`` (:func:`evaluation_attack` each). A resource given as a
+    list of K > 1 models (several ``--surrogate`` runs) makes K attacks of each name that takes it,
+    one per model in order, named ``NAME-1`` .. ``NAME-K`` (e.g. ``transfer-1``, ``transfer-2``):
+    the evaluation's per-sample worst case then counts a sample robust only if it survives all K."""
+    out: list[Attack] = []
+    given = dict(resources or {})
+    for name in names:
+        allowed = attack_options(lookup(ATTACKS, name, "attack")[1]) or []
+        lists = [(k, v) for k, v in given.items() if k in allowed and isinstance(v, list)]
+        option, values = lists[0] if lists else ("", [None])
+        for i, value in enumerate(values or [None], 1):
+            attack = evaluation_attack(name, threat, steps, {**given, option: value}, eot)
+            if len(values) > 1:
+                attack.name = f"{name}-{i}"
+            out.append(attack)
+    return out
+
+
+def check_resources(names: Sequence[str] | None, suite: str | None, given: dict[str, Sequence[Any]]) -> None:
+    """Each outside model given (``given``: resource option -> the values given, e.g. the
+    ``--surrogate`` runs) must be taken by an attack in ``names``, and no run may be given twice."""
+    for name in names or ():
+        cls = lookup(ATTACKS, name, "attack")[1]  # an unknown name is that error, not "no attack uses it"
+        for option in required_options(cls):
+            if option in given and not given[option]:
+                raise ValueError(f"the {name} attack needs {ATTACK_RESOURCES[option]}")
+    for option, values in given.items():
+        if not values:
+            continue
+        users = sorted(n for n, cls in ATTACKS.items() if option in (attack_options(cls) or []))
+        if not any(n in users for n in names or ()):
+            used = "--suite " + suite if suite else ("--attacks " + ",".join(names) if names else "no --attacks")
+            raise ValueError(f"--{option} is given but no attack uses it ({used}): add {' or '.join(users)} "
+                             f"to --attacks, or drop --{option}")
+        seen: set[Path] = set()
+        for v in values:
+            key = Path(v).resolve()
+            if key in seen:
+                raise ValueError(f"--{option} {v} is given twice: give each run once")
+            seen.add(key)
+
+
+def suite_attacks(suite: str, threat: ThreatModel, eot: int | None = None) -> list[Attack] | str:
+    """A suite by name for :func:`robustlab.evaluate`; with ``eot`` (``--eot N``) its attacks, every
+    gradient attack averaging over N draws (black-box attacks such as Square unchanged)."""
+    if eot is None:
+        return suite
+    attacks: list[Attack] = []
+    for a in build_suite(suite, threat):  # fresh objects: set in place
+        if a.uses_gradients:
+            a.eot = check_eot(a.name, type(a), eot)
+        attacks.append(a)
+    return attacks
 
 
 def _is_rank0() -> bool:
@@ -96,8 +168,9 @@ def evaluate_run(
     steps: int | None = None,
     n: int | None = None,
     batch_size: int = 500,
-    surrogate: str | Path | None = None,
+    surrogate: str | Path | Sequence[str | Path] | None = None,
     generator: str | Path | None = None,
+    eot: int | None = None,
     checks: bool = False,
     iterations: Sequence[int] | None = None,
     corruptions: bool = False,
@@ -113,6 +186,11 @@ def evaluate_run(
     the headline, more make ``eps_curve``); ``iterations`` adds robust accuracy vs attack steps
     (with the one iterative attack in ``attacks``, APGD-CE for a suite, an error when ambiguous), ``corruptions`` the common-corruption
     table, ``checks`` the gradient-masking checks.
+
+    ``surrogate``: one run or several for the ``transfer`` attack; K > 1 runs make K transfer
+    attacks (``transfer-1`` .. ``transfer-K``, recorded under ``surrogates``) and a sample counts as
+    robust only if it survives every one. ``eot`` (``--eot N``): every gradient attack (of
+    ``attacks``, of the suite and of the iterations curve) averages over N draws (EOT), recorded as ``eot``.
 
     The model is ``run`` or ``model`` (an entry point), the data ``data`` (default: the run's
     test set). With ``out`` the evaluation directory's document is written and returned
@@ -132,6 +210,14 @@ def evaluate_run(
     if names is not None and suite:
         raise ValueError("give --attacks or --suite, not both")
     curve_attack = iterations_attack_for(names) if iterations is not None else None
+    surrogates = [] if surrogate is None else [surrogate] if isinstance(surrogate, (str, Path)) else list(surrogate)
+    check_resources(names, suite, {"surrogate": surrogates, "generator": [] if generator is None else [generator]})
+    if eot is not None:  # every attack checked before any work
+        if names is None and not suite and iterations is None:
+            raise ValueError("--eot is given but no attack runs: give --attacks, --suite or --iterations")
+        for a in names or ():
+            if a in ATTACKS:
+                check_eot(a, ATTACKS[a], eot)
     if save_adversarial and out is None:
         raise ValueError("--save-adversarial needs --out DIR (an evaluation directory)")
     if save_adversarial and names is None and not suite:
@@ -145,22 +231,29 @@ def evaluate_run(
         raise ValueError("--out must be a new evaluation directory, not the run directory")
     dev = init_from_env(resolve_device(device))
     net, x, y, info, data_id = model_and_data(src, data, dev, limit=n)
-    resources = {"surrogate": load_model(surrogate, map_location=dev) if surrogate else None,
-                 "generator": generator}
+    resources = {"surrogate": [load_model(s, map_location=dev) for s in surrogates], "generator": generator}
+    used = [a for a in names or () if "surrogate" in (attack_options(ATTACKS[a]) or [])] if surrogates else []
+    recorded: dict[str, Any] = {} if eot is None else {"eot": eot}
+    if used:  # which attack crafted on which run
+        recorded["surrogates"] = {(u if len(surrogates) == 1 else f"{u}-{i}"): str(Path(s).resolve())
+                                  for u in used for i, s in enumerate(surrogates, 1)}
     t0 = time.perf_counter()
     clean = clean_accuracy(net, x, y, batch_size)
     # The run's headline clean_accuracy is the full test set's; a subset (n) is kept apart.
     metrics: dict[str, Any] = {"evaluated_samples": len(y), "evaluation_clean_accuracy": clean}
     if n is None and not data.given:
         metrics["clean_accuracy"] = clean
+    metrics.update(recorded)
     head: EvaluationResult | None = None
     x_adv: torch.Tensor | None = None
     curve: list[dict[str, Any]] = []
     if names is not None or suite:
         for k, (eps_value, threat) in enumerate(zip(eps_values, threats)):
-            attack_list: Any = suite or [evaluation_attack(a, threat, steps, resources) for a in names or ()]
+            attack_list: Any = (suite_attacks(suite, threat, eot) if suite else
+                                evaluation_attacks(names or (), threat, steps, resources, eot))
             res = evaluate(net, x, y, threat, attack_list, batch_size=batch_size, progress=progress,
                            checks=checks and k == 0, keep_adversarial=save_adversarial and k == 0)
+            res.extra.update(recorded)
             if k == 0:
                 x_adv = res.adversarial
             curve.append({"eps": eps_value, "robust_accuracy": res.robust_accuracy, "per_attack": res.per_attack,
@@ -172,7 +265,7 @@ def evaluate_run(
         if len(curve) > 1:
             metrics["eps_curve"] = [{k: c[k] for k in ("eps", "robust_accuracy", "per_attack")} for c in curve]
     if iterations is not None:
-        options = {"eot": 20} if suite == "autoattack-rand" else None
+        options = {"eot": eot} if eot is not None else {"eot": 20} if suite == "autoattack-rand" else None
         assert curve_attack is not None  # set above whenever iterations is
         metrics.update(iterations_metrics(net, x, y, threats[0], list(iterations), attack=curve_attack, options=options,
                                           batch_size=batch_size, progress=progress))
@@ -202,8 +295,9 @@ def _write_out(out: Path, metrics: dict[str, Any], head: EvaluationResult | None
     else:
         result = {"schema_version": 1, "n": len(y), "clean_accuracy": metrics["evaluation_clean_accuracy"]}
         counts = {"clean_correct": clean_n}
-    extra: dict[str, Any] = {k: metrics[k] for k in ("eps_curve", "iterations_curve", "iterations_attack", "corruptions",
-                                     "corruptions_n", "mean_corruption_accuracy", "evaluate_seconds") if k in metrics}
+    extra: dict[str, Any] = {k: metrics[k] for k in ("eot", "surrogates", "eps_curve", "iterations_curve", "iterations_attack",
+                                                     "corruptions", "corruptions_n", "mean_corruption_accuracy",
+                                                     "evaluate_seconds") if k in metrics}
     doc = evaluation_document(result, model=src.identity(), data=data_id, suite=suite, extra=extra, counts=counts)
     if _is_rank0():
         if x_adv is not None:
@@ -251,6 +345,7 @@ def attack_run(
     target: int | str | None = None,
     labels: str = "true",
     options: dict[str, Any] | None = None,
+    eot: int | None = None,
     n: int = 1000,
     batch_size: int = 500,
     device: str = "auto",
@@ -265,7 +360,8 @@ def attack_run(
 
     ``target``: a class index, ``"random"`` or ``"least-likely"`` (see :func:`attack_targets`).
     ``labels="predicted"`` attacks the model's own predictions instead of the true labels (as the
-    lecture's code does): success then means the prediction changed."""
+    lecture's code does): success then means the prediction changed. ``eot`` (``--eot N``): the
+    attack averages over N draws (EOT; an attack without it is a ValueError naming it)."""
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be >= 1, got {n} and {batch_size}")
     if isinstance(target, str) and target.strip().lstrip("-").isdigit():
@@ -274,12 +370,16 @@ def attack_run(
         raise ValueError(f"--labels must be one of {', '.join(LABEL_MODES)}, got {labels!r}")
     src = model_source or ModelSource(run=None if run is None else str(run))
     data = data or DataSource()
-    dev = resolve_device(device)
-    model, x, y, info, data_id = model_and_data(src, data, dev, limit=n)
-    threat = ThreatModel(canonical_norm(norm), eps)
     opts = dict(options or {})
     if steps is not None:
         opts["steps"] = steps
+    if eot is not None:  # checked before any work
+        if "eot" in opts:
+            raise ValueError("give --eot N or --attack-option eot=N, not both")
+        opts["eot"] = check_eot(attack, lookup(ATTACKS, attack, "attack")[1], eot)
+    dev = resolve_device(device)
+    model, x, y, info, data_id = model_and_data(src, data, dev, limit=n)
+    threat = ThreatModel(canonical_norm(norm), eps)
     atk = build_attack(attack, threat, **opts)
     clean_logits = _logits(model, x, batch_size)
     clean_pred = clean_logits.argmax(1)
@@ -303,7 +403,7 @@ def attack_run(
     delta = (x_adv - x).flatten(1)
     summary = {
         "attack": repr(atk), "attack_name": attack, "threat": threat.to_dict(), "eps_ball": bool(atk.eps_ball),
-        "options": opts, "target": target, "labels": labels, "n": len(x),
+        "options": opts, "eot": int(getattr(atk, "eot", 1)), "target": target, "labels": labels, "n": len(x),
         "clean_accuracy": int(correct.sum()) / len(x),
         "adversarial_accuracy": int((pred_adv == y).sum()) / len(x),
         "success_rate_on_correct": int((success & correct).sum()) / max(int(correct.sum()), 1),
@@ -333,5 +433,6 @@ def _logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
         return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
-__all__ = ["EVALUATION_KEYS", "LABEL_MODES", "TARGET_MODES", "attack_run", "attack_targets", "evaluate_run", "evaluation_attack",
+__all__ = ["EVALUATION_KEYS", "LABEL_MODES", "TARGET_MODES", "attack_run", "attack_targets", "check_eot", "check_resources",
+           "evaluate_run", "evaluation_attack", "evaluation_attacks", "suite_attacks",
            "replace_evaluation_metrics"]
