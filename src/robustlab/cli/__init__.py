@@ -5,7 +5,7 @@ all, so ``robustlab.cli:main`` is the entry point. Bad input ends with exit code
 naming the problem (no traceback).
 """
 
-from . import course, evaluate, train  # noqa: F401  (they register their commands on main)
+from . import course, evaluate, train, zoo  # noqa: F401  (they register their commands on main)
 from .common import argv_without_nproc, main
 from .experiment import experiment  # noqa: F401  (registers itself on main)
 from .generative import COMMANDS as _GENERATIVE

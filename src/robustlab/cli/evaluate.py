@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from .common import NUMBER, SingleUseCommand, argv_without_nproc, json_object, main, parse_floats, parse_options
+from .zoo import RUN_OR_ZOO
 
 CODE_WARNING = ("file.py:Name / package.module:Name IMPORTS AND RUNS that Python code: use only code you trust "
                 "(what is imported is printed on stderr)")
@@ -80,7 +81,7 @@ def _trust(kw: dict[str, Any]) -> Any:
 
 # --- attack ----------------------------------------------------------------------------------
 @main.command(cls=SingleUseCommand)
-@click.argument("run", required=False, type=click.Path(exists=True, file_okay=False))
+@click.argument("run", required=False, type=RUN_OR_ZOO)
 @model_data_options
 @click.option("--attack", "attack_name", default="pgd", show_default=True)
 @click.option("--norm", default="linf", show_default=True, help="linf | l2 | l1")
@@ -117,7 +118,7 @@ def attack(run, attack_name, norm, eps, steps, target, labels, attack_option, eo
 
 # --- evaluate --------------------------------------------------------------------------------
 @main.command(cls=SingleUseCommand)
-@click.argument("run", required=False, type=click.Path(exists=True, file_okay=False))
+@click.argument("run", required=False, type=RUN_OR_ZOO)
 @model_data_options
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Write an evaluation directory (OUT/evaluation.json) instead of updating RUN's files.")

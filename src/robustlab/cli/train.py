@@ -13,10 +13,49 @@ from .common import NUMBER, argv_without_nproc, json_object, main, merge_options
 
 
 # --- train -----------------------------------------------------------------------------------
+def _apply_recipe(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--recipe NAME`` (eager): the recipe's flags become the defaults of the other options, so a
+    flag given on the command line still wins; ``--recipe list`` prints the recipes and exits."""
+    if value is None or ctx.resilient_parsing:
+        return value
+    from ..training.recipes import get_recipe, recipe_table
+
+    if value.strip().lower() == "list":
+        click.echo(recipe_table())
+        ctx.exit()
+    by_flag = {o: p for p in ctx.command.params for o in (*p.opts, *p.secondary_opts)}
+    defaults = {}
+    for flag, v in get_recipe(value).flags.items():
+        p = by_flag[flag]
+        defaults[p.name] = v if not isinstance(v, bool) or flag in p.opts else not v
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+def _announce_recipe(name: str, defense_option: tuple[str, ...], run: str) -> tuple[str, ...]:
+    """Print the recipe's full command and the flags given over it; the recipe's --defense-option
+    pairs with the command line's after them (so they override key by key)."""
+    from ..training.recipes import get_recipe
+
+    recipe = get_recipe(name)
+    ctx = click.get_current_context()
+    given = [p.opts[0] for p in ctx.command.params if p.name not in ("recipe", "run_arg", "out") and p.name is not None
+             and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"recipe {recipe.name}: {recipe.command(run)}"
+                   + (f" (given on the command line over it: {', '.join(given)})" if given else ""))
+    if "--defense-option" in given:
+        return tuple(str(v) for v in recipe.flags.get("--defense-option", ())) + tuple(defense_option)
+    return defense_option
+
+
 @main.command()
 @click.argument("run_arg", metavar="[RUN]", required=False, type=click.Path(file_okay=False))
 @click.option("--out", "out", type=click.Path(file_okay=False), help="Run directory to write.")
 @click.option("--resume", is_flag=True, help="Continue the run in RUN/--out from its last checkpoint.")
+@click.option("--recipe", default=None, metavar="NAME", is_eager=True, callback=_apply_recipe,
+              help="A named set of the flags below, printed in full when used; flags you give override it "
+                   "(NAME 'list': show them all).")
 @click.option("--dataset", default="fashion-mnist", show_default=True, help="fashion-mnist | mnist | cifar10 | digits")
 @click.option("--data-root", default=None, help="Folder with the data files (required for mnist, cifar10).")
 @click.option("--train-limit", type=int, default=None, help="Use only the first N training images.")
@@ -59,16 +98,22 @@ from .common import NUMBER, argv_without_nproc, json_object, main, merge_options
               help="Processes for data-parallel training (torch.distributed via torchrun; gloo on CPU, nccl on CUDA).")
 @click.option("--sync-bn", is_flag=True, help="SyncBatchNorm across processes (with --nproc > 1).")
 @click.option("--checkpoint-every", type=int, default=0, metavar="STEPS", help="Also checkpoint every STEPS steps (0: epoch ends).")
+@click.option("--ema", type=float, default=0.0, metavar="DECAY",
+              help="Average the weights (EMA, e.g. 0.999) after every step; the average is evaluated and saved (0: off).")
+@click.option("--holdout", type=int, default=0, metavar="N",
+              help="Hold N training images out of training; the monitor attack's accuracy on them each epoch.")
+@click.option("--select-best", type=click.Choice(["last", "robust"]), default="last", show_default=True,
+              help="robust: the run's model is the epoch with the best robust accuracy on the --holdout images.")
 @click.option("--tensorboard", "tensorboard_dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
               help="Also log each epoch's losses, accuracies and lr as TensorBoard scalars in DIR "
                    "(needs: pip install 'robustlab[tensorboard]'; view with: tensorboard --logdir DIR).")
 @click.option("--quiet", is_flag=True, help="No progress bars (each epoch's results are still printed).")
-def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, model_name, model_kwargs, mean_text,
+def train(run_arg, out, resume, recipe, dataset, data_root, train_limit, test_limit, model_name, model_kwargs, mean_text,
           std_text, init_from, freeze, batchnorm, activation,
           denoise, model_option, defense, eps, norm, defense_option, monitor_attack, monitor_eps, monitor_n, epochs,
           batch_size, optimizer, lr, momentum, weight_decay, schedule, seed, nproc, sync_bn, checkpoint_every, device,
-          tensorboard_dir, quiet) -> None:
-    """Train a model into a run directory (or --resume one)."""
+          tensorboard_dir, quiet, ema, holdout, select_best) -> None:
+    """Train a model into a run directory (or --resume one), optionally from a --recipe."""
     from ..distributed import relaunch, shutdown
     from ..runs import RunSpec, monitor_spec, train_run
     from ..training import TrainConfig, TrainingInterrupted
@@ -95,6 +140,8 @@ def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, mod
                      **json_object(model_kwargs, "--model-kwargs")}
     normalize = {"mean": parse_floats(mean_text, "--mean") if mean_text else None,
                  "std": parse_floats(std_text, "--std") if std_text else None} if mean_text or std_text else None
+    if recipe is not None:
+        defense_option = _announce_recipe(recipe, defense_option, run)
     defense_options = merge_options(defense_option, eps=eps, norm=norm)
     spec = RunSpec(
         dataset=dataset, data_root=data_root, train_limit=train_limit, test_limit=test_limit, model=model_name,
@@ -104,7 +151,7 @@ def train(run_arg, out, resume, dataset, data_root, train_limit, test_limit, mod
     )
     config = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay,
                          schedule=schedule, seed=seed, progress=not quiet, monitor_n=monitor_n, sync_batchnorm=sync_bn,
-                         checkpoint_every=checkpoint_every)
+                         checkpoint_every=checkpoint_every, ema=ema, holdout=holdout, select_best=select_best)
     t0 = time.perf_counter()
     ok = False
     board = None

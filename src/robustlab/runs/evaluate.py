@@ -201,6 +201,8 @@ def evaluate_run(
     src = model or ModelSource(run=None if run is None else str(run))
     data = data or DataSource()
     src.check()
+    if out is None and src.zoo is not None:
+        raise ValueError(f"{src.zoo} is read-only: give --out DIR for the evaluation directory")
     data.check(src.run)
     eps_values = [float(e) for e in eps]
     if not eps_values:

@@ -16,7 +16,8 @@ from ..data import DatasetInfo
 @dataclass
 class ModelSource:
     """A run directory (``run``) or an entry point (``entry`` with ``kwargs``, ``weights``,
-    ``mean``/``std``; see :mod:`robustlab.models.entry`)."""
+    ``mean``/``std``; see :mod:`robustlab.models.entry`). Either may be ``zoo:NAME``, a model of
+    the zoo (:mod:`robustlab.pretrained`)."""
 
     run: str | None = None
     entry: str | None = None
@@ -31,14 +32,23 @@ class ModelSource:
             raise ValueError("give the model: a RUN directory or --model ENTRY (not both)")
         if self.entry is None and (self.kwargs or self.weights or self.mean is not None or self.std is not None):
             raise ValueError("--model-kwargs, --weights, --mean and --std go with --model ENTRY, not with a RUN")
+        if self.zoo is not None and (self.kwargs or self.weights or self.mean is not None or self.std is not None):
+            raise ValueError(f"{self.zoo} is a complete model: --model-kwargs, --weights, --mean and --std do not go with it")
+
+    @property
+    def zoo(self) -> str | None:
+        """``zoo:NAME`` when the model is one of the zoo's, else None."""
+        from ..pretrained import is_zoo_ref
+
+        return next((s for s in (self.run, self.entry) if is_zoo_ref(s)), None)
 
     def load(self, device: torch.device) -> nn.Module:
         """The model, in eval mode on ``device``."""
         from ..storage import load_model
 
         self.check()
-        if self.run is not None:
-            return load_model(self.run, map_location=device)
+        if self.run is not None or self.zoo is not None:
+            return load_model(self.run or self.entry, map_location=device)  # type: ignore[arg-type]
         from ..models.entry import load_entry
 
         return load_entry(self.entry, self.kwargs, self.weights, self.mean, self.std).to(device)  # type: ignore[arg-type]
@@ -46,16 +56,19 @@ class ModelSource:
     def identity(self) -> dict[str, Any]:
         """What the evaluation records: the run (and its weights' sha256) or the entry point."""
         from ..models.entry import entry_identity, sha256_file
+        from ..pretrained import entry_path, zoo_name
         from ..storage.layout import MODEL_META, MODEL_WEIGHTS, read_json
 
-        if self.entry is not None:
+        if self.entry is not None and self.zoo is None:
             return entry_identity(self.entry, self.kwargs, self.weights, self.mean, self.std)
-        run = Path(str(self.run))
+        run = entry_path(self.zoo) if self.zoo else Path(str(self.run))
         meta = read_json(run / MODEL_META) or {}
         weights = run / str(meta.get("weights", MODEL_WEIGHTS))
         out: dict[str, Any] = {"run": str(run.resolve()), "architecture": meta.get("architecture")}
         if weights.is_file():
             out.update(weights=str(weights.resolve()), weights_sha256=sha256_file(weights))
+        if self.zoo:
+            out["zoo"] = zoo_name(self.zoo)
         return out
 
     def describe(self) -> str:
@@ -108,7 +121,8 @@ class DataSource:
             ident = {"dataset": info.name, "split": info.split, "n": int(len(y))}
         else:
             x, y, info = load_run_data(run, split, "cpu")  # type: ignore[arg-type]
-            ident = {"dataset": info.name, "split": info.split, "n": int(len(y)), "from_run": str(Path(str(run)).resolve())}
+            where = run if str(run).startswith("zoo:") else str(Path(str(run)).resolve())
+            ident = {"dataset": info.name, "split": info.split, "n": int(len(y)), "from_run": where}
         ident["class_names"] = list(info.class_names)
         if limit is not None:
             x, y = x[:limit], y[:limit]

@@ -257,16 +257,23 @@ def train_run(spec: RunSpec, run_dir: str | Path, config: TrainConfig, device: s
         "epochs": config.epochs,
         "train_seconds": round(sum(h.get("seconds", 0.0) for h in result.history), 2),
     }
-    if result.history and "adv_accuracy" in result.history[-1]:
-        metrics["monitor_adv_accuracy"] = result.history[-1]["adv_accuracy"]
+    last = result.history[-1] if result.history else {}
+    if "selected_epoch" in last:  # --select-best robust: the saved model is that epoch's
+        metrics["selected_epoch"] = last["selected_epoch"]
+        last = result.history[last["selected_epoch"] - 1]
+    metrics.update({k: last[k] for k in ("holdout_adv_accuracy",) if k in last})
+    if "adv_accuracy" in last:
+        metrics["monitor_adv_accuracy"] = last["adv_accuracy"]
     if rank == 0:
         write_metrics(run, metrics)
     return metrics
 
 
 def load_run_data(run_dir: str | Path, split: str = "test", device: str | torch.device = "cpu", limit: int | None = None):
-    """The data set a run was trained on (from its config), for evaluation."""
-    run = Path(run_dir)
+    """The data set a run (or a zoo model, ``zoo:NAME``) was trained on (from its config), for evaluation."""
+    from ..pretrained import entry_path, is_zoo_ref
+
+    run = entry_path(str(run_dir)) if is_zoo_ref(str(run_dir)) else Path(run_dir)
     cfg_path = run / CONFIG_FILE
     if cfg_path.is_file():
         spec = RunSpec.from_dict(json.loads(cfg_path.read_text())["spec"])

@@ -213,10 +213,12 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     state dict, and then only with ``torch.load(weights_only=True)`` and a sidecar JSON.
     A model saved with an entry point (user code) is rebuilt by importing that code, which happens
     only with ``trust_code=True`` (or inside :func:`trusted_code`); the import is announced on stderr.
+    ``"zoo:NAME"`` loads a model of the zoo (:mod:`robustlab.pretrained`), offline.
     """
     from ..models.zoo import build_model
+    from ..pretrained import entry_path, is_zoo_ref
 
-    p = Path(path)
+    p = entry_path(str(path)) if is_zoo_ref(path) else Path(path)
     if p.suffix.lower() in PICKLE_SUFFIXES and allow_pickle:
         meta = read_model_metadata(p.with_suffix(".safetensors"))
         try:

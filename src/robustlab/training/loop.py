@@ -34,6 +34,7 @@ from ..progress import bar as progress_bar
 from ..progress import echo
 from ..storage import atomic_write_json, atomic_write_text, load_state, remove_stale_temp_files, save_model, save_state
 from ..storage.layout import HISTORY_FILE, METRICS_FILE, STATE_FILE, read_json
+from .extras import TrainingExtras, check_extras_config, split_holdout
 from .objectives import Objective
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -59,6 +60,9 @@ class TrainConfig:
     monitor_n: int = 500
     sync_batchnorm: bool = False
     checkpoint_every: int = 0  # also save the training state every N optimiser steps (0: epoch ends only)
+    ema: float = 0.0  # decay of an average of the weights, evaluated and saved (0: off; see .extras)
+    holdout: int = 0  # training images held out (never trained on) for a per-epoch robust accuracy
+    select_best: str = "last"  # "robust": the run's model is the epoch best on the holdout's robust accuracy
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -79,6 +83,7 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+        check_extras_config(self)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a JSON-able dict for model.json: every field except ``progress`` and
@@ -210,6 +215,7 @@ def train(
     x_train, y_train = train_data
     if len(x_train) != len(y_train) or len(x_train) == 0:
         raise ValueError(f"train_data needs matching non-empty x and y, got {len(x_train)} and {len(y_train)}")
+    x_train, y_train, holdout = split_holdout(x_train, y_train, config.holdout, config.seed)
     run = Path(run_dir) if run_dir is not None else None
     _seed_all(config.seed)
     steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
@@ -218,6 +224,7 @@ def train(
         steps_per_epoch -= 1  # a last batch smaller than the world would leave a rank without data
     opt = make_optimizer(model, config)
     sched = make_scheduler(opt, config, steps_per_epoch)
+    extras = TrainingExtras(model, opt, config, holdout, monitor_attack)  # EMA, holdout, best epoch
     history: list[dict[str, Any]] = []
     start_epoch, start_batch = 0, 0
     resumed_logs: dict[str, torch.Tensor] = {}
@@ -229,6 +236,7 @@ def train(
             raise ValueError(f"nothing to resume: no {STATE_FILE} in {run}")
         state = load_state(run / STATE_FILE)
         unwrap(model).load_state_dict(state["model"])
+        extras.load(state.get("extras"), model)
         opt.load_state_dict(state["optimizer"])
         if sched is not None and state.get("scheduler") is not None:
             sched.load_state_dict(state["scheduler"])
@@ -251,11 +259,13 @@ def train(
             first = start_batch if epoch == start_epoch else 0
             logs_acc = dict(resumed_logs) if epoch == start_epoch else {}
             line = _train_epoch(model, objective, opt, sched, x_train, y_train, config, epoch, first, steps_per_epoch,
-                                logs_acc, stop, run, history)
+                                logs_acc, stop, run, history, extras)
             if test_data is not None:
-                line.update(_evaluate_epoch(model, test_data, config, monitor_attack, epoch))
+                line.update(_evaluate_epoch(extras.eval_model(model), test_data, config, monitor_attack, epoch))
+            line.update(extras.holdout_metrics(model, config.eval_batch_size))
             line["seconds"] = round(time.perf_counter() - line.pop("_t0"), 3)
             history.append(line)
+            extras.after_epoch(model, history)
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, line)
             if config.verbose and rank == 0:
@@ -264,9 +274,10 @@ def train(
             if run is not None:
                 rngs = gather_rng_states(x_train.device)  # a collective: on every rank
                 if rank == 0:
-                    _write_epoch(run, model, opt, sched, epoch + 1, history, config, objective, metadata, rngs)
+                    _write_epoch(run, model, opt, sched, epoch + 1, history, config, objective, metadata, rngs, extras)
             if any_rank(stop.signum is not None, x_train.device):  # a signal during evaluation: the epoch is saved
                 raise TrainingInterrupted(stop.signum or signal.SIGTERM, run)
+    extras.finish(model)  # the model takes the weights the run saved (best epoch or average)
     return TrainResult(history=history, resumed_from_epoch=start_epoch)
 
 
@@ -294,7 +305,7 @@ def _evaluate_epoch(model: nn.Module, test_data: tuple[torch.Tensor, torch.Tenso
 
 def _train_epoch(model, objective, opt, sched, x_train, y_train, config: TrainConfig, epoch: int, first: int,
                  steps_per_epoch: int, logs_acc: dict[str, torch.Tensor], stop: StopFlag, run: Path | None,
-                 history: list[dict[str, Any]]) -> dict[str, Any]:
+                 history: list[dict[str, Any]], extras: TrainingExtras | None = None) -> dict[str, Any]:
     """One epoch of optimiser steps from batch ``first``; returns the epoch's history line (without
     evaluation). Every ``config.checkpoint_every`` global steps it saves a mid-epoch state; on
     SIGINT/SIGTERM (on any rank) it saves one and raises TrainingInterrupted."""
@@ -340,7 +351,8 @@ def _train_epoch(model, objective, opt, sched, x_train, y_train, config: TrainCo
             rngs = gather_rng_states(x_train.device)  # a collective: on every rank
             if rank == 0:
                 _write_state(run, model, opt, sched, epoch, history, config, batch=b + 1,
-                             partial_logs={k: v.detach().cpu() for k, v in logs_acc.items()}, rng_ranks=rngs)
+                             partial_logs={k: v.detach().cpu() for k, v in logs_acc.items()}, rng_ranks=rngs,
+                             extras=extras)
         if stopping:
             bar.close()
             raise TrainingInterrupted(stop.signum or signal.SIGTERM, run)
@@ -389,19 +401,20 @@ class StopFlag:
 
 
 def _write_epoch(run: Path, model: nn.Module, opt, sched, epoch: int, history, config: TrainConfig, objective, metadata,
-                 rng_ranks: torch.Tensor | None = None) -> None:
+                 rng_ranks: torch.Tensor | None = None, extras: TrainingExtras | None = None) -> None:
     """Model, history and training state for one finished epoch. The state file is written last:
     it is the commit point that ``resume`` trusts; model and history are derived from it."""
-    inner = unwrap(model)
-    meta = dict(metadata or {})
+    inner, chosen = extras.saved_model(model) if extras is not None else (unwrap(model), {})
+    meta = dict(metadata or {}, **chosen)
     meta.update({"training": config.to_dict(), "objective": objective.config(), "epoch": epoch, "last": history[-1]})
     save_model(inner, run, **meta)
     atomic_write_text(run / HISTORY_FILE, "".join(json.dumps(h, sort_keys=True) + "\n" for h in history))
-    _write_state(run, model, opt, sched, epoch, history, config, rng_ranks=rng_ranks)
+    _write_state(run, model, opt, sched, epoch, history, config, rng_ranks=rng_ranks, extras=extras)
 
 
 def _write_state(run: Path, model: nn.Module, opt, sched, epoch: int, history, config: TrainConfig, batch: int = 0,
-                 partial_logs: dict[str, torch.Tensor] | None = None, rng_ranks: torch.Tensor | None = None) -> None:
+                 partial_logs: dict[str, torch.Tensor] | None = None, rng_ranks: torch.Tensor | None = None,
+                 extras: TrainingExtras | None = None) -> None:
     """The single atomic file ``resume`` trusts: ``epoch`` finished epochs plus ``batch`` steps of
     the next one (0 at an epoch boundary). ``rng_ranks``: every rank's RNG state (distributed runs;
     ``rng`` is this process's, rank 0's there)."""
@@ -419,6 +432,7 @@ def _write_state(run: Path, model: nn.Module, opt, sched, epoch: int, history, c
             "rng": torch.get_rng_state(),
             "history": history,
             "config": config.to_dict(),
+            "extras": extras.state() if extras is not None else {},
         },
     )
 

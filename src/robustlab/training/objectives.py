@@ -25,6 +25,7 @@ from ..distributed import unwrap
 from ..registry import check_options, lookup
 from ..threat import ThreatModel, canonical_norm
 from .advprop import AdvProp
+from .awp import awp_loss, check_gamma
 from .nsl_graph import NSLGraph
 
 Logs = dict[str, Any]
@@ -103,6 +104,12 @@ class _Adversarial(_Configured):
     def _labels(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, predicted: bool) -> torch.Tensor:
         return _eval_logits(unwrap(model), x).argmax(1) if predicted else y
 
+    def _weight_perturbed(self, model: nn.Module, loss_fn: Callable[[nn.Module], tuple[torch.Tensor, Logs]]
+                          ) -> tuple[torch.Tensor, Logs]:
+        """``loss_fn(model)``, at adversarially perturbed weights when ``awp_gamma`` > 0 (:mod:`.awp`)."""
+        gamma = getattr(self, "awp_gamma", 0.0)
+        return awp_loss(model, loss_fn, gamma) if gamma > 0 else loss_fn(model)
+
 
 class FGSMAT(_Adversarial):
     """FGSM adversarial training (Goodfellow et al. 2015, equal weights): gradient of CE on the
@@ -129,20 +136,27 @@ class FGSMAT(_Adversarial):
 
 class PGDAT(_Adversarial):
     """Madry et al. 2018: train on PGD examples. ``predicted_labels`` crafts against the model's
-    own predictions (no label leaking); ``mixed`` uses (CE(clean) + CE(adv)) / 2."""
+    own predictions (no label leaking); ``mixed`` uses (CE(clean) + CE(adv)) / 2; ``awp_gamma`` > 0
+    adds adversarial weight perturbation (:mod:`.awp`)."""
 
     name = "pgd-at"
 
     def __init__(self, eps: float = 0.1, norm: str = "linf", steps: int = 10, rel_step_size: float = 0.25,
-                 random_start: bool = True, predicted_labels: bool = False, mixed: bool = False) -> None:
+                 random_start: bool = True, predicted_labels: bool = False, mixed: bool = False,
+                 awp_gamma: float = 0.0) -> None:
+        self.awp_gamma = check_gamma(awp_gamma)
         super().__init__(eps, norm, steps=steps, rel_step_size=rel_step_size, random_start=random_start,
-                         predicted_labels=predicted_labels, mixed=mixed)
+                         predicted_labels=predicted_labels, mixed=mixed,
+                         **({"awp_gamma": self.awp_gamma} if self.awp_gamma else {}))
         self.attack = PGD(self.threat, steps=steps, rel_step_size=rel_step_size, random_start=random_start,
                          track_best=False)
         self.predicted_labels, self.mixed = predicted_labels, mixed
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
         x_adv = self.attack(unwrap(model), x, self._labels(model, x, y, self.predicted_labels))
+        return self._weight_perturbed(model, lambda m: self._loss(m, x, x_adv, y))
+
+    def _loss(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
         if not self.mixed:
             la = model(x_adv)
             loss = F.cross_entropy(la, y)
@@ -256,12 +270,16 @@ def kl_per_sample(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tenso
 
 
 class TRADES(_Adversarial):
-    """Zhang et al. 2019: CE(f(x), y) + beta * KL(f(x) || f(x_adv)), x_adv maximising the KL term."""
+    """Zhang et al. 2019: CE(f(x), y) + beta * KL(f(x) || f(x_adv)), x_adv maximising the KL term;
+    ``awp_gamma`` > 0 adds adversarial weight perturbation (:mod:`.awp`)."""
 
     name = "trades"
 
-    def __init__(self, eps: float = 0.1, norm: str = "linf", beta: float = 6.0, steps: int = 10, rel_step_size: float = 0.25) -> None:
-        super().__init__(eps, norm, beta=beta, steps=steps, rel_step_size=rel_step_size)
+    def __init__(self, eps: float = 0.1, norm: str = "linf", beta: float = 6.0, steps: int = 10, rel_step_size: float = 0.25,
+                 awp_gamma: float = 0.0) -> None:
+        self.awp_gamma = check_gamma(awp_gamma)
+        super().__init__(eps, norm, beta=beta, steps=steps, rel_step_size=rel_step_size,
+                         **({"awp_gamma": self.awp_gamma} if self.awp_gamma else {}))
         self.beta, self.steps, self.rel_step_size = float(beta), int(steps), float(rel_step_size)
 
     def craft(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -286,6 +304,9 @@ class TRADES(_Adversarial):
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
         x_adv = self.craft(model, x, y)
+        return self._weight_perturbed(model, lambda m: self._loss(m, x, x_adv, y))
+
+    def _loss(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
         ce, kl, lc = self.loss_terms(model, x, x_adv, y)
         loss = ce + self.beta * kl
         return loss, {"loss": loss.detach(), "ce": ce.detach(), "kl": kl.detach(), "acc": _acc(lc, y)}
