@@ -105,7 +105,7 @@ def test_robustlab_attack_runs_it_with_a_target(digits_model, tmp_path):
     summary = json.loads((tmp_path / "adv" / ATTACK_SUMMARY).read_text())
     assert summary["target"] == 4 and summary["attack_name"] == "fooling-image"
     r = CliRunner().invoke(main, [str(a) for a in args])  # no --target: one error line, exit 2
-    assert r.exit_code == 2 and "not an eps-ball attack" in r.stderr
+    assert r.exit_code == 2 and "needs --target" in r.stderr
     r = CliRunner().invoke(main, ["evaluate", str(tmp_path / "run"), "--dataset", "digits", "--attacks", "fooling-image",
                                   "--n", "20", "--out", str(tmp_path / "ev"), "--device", "cpu", "--quiet"])
     assert r.exit_code == 2 and "not an eps-ball attack" in r.stderr

@@ -80,7 +80,7 @@ class Number(click.ParamType):
         except ValueError as e:
             self.fail(str(e), param, ctx)
         if not math.isfinite(number):
-            self.fail(f"{what} must be finite, got {value!r}", param, ctx)
+            self.fail(f"{what} must be a finite number, got {value!r}", param, ctx)
         return number
 
 

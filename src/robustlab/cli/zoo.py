@@ -24,7 +24,9 @@ class RunOrZoo(click.ParamType):
         text = str(value)
         if text.startswith("zoo:") or Path(text).is_dir():
             return text
-        self.fail(f"{text!r} is neither a directory nor zoo:NAME", param, ctx)
+        if Path(text).exists():
+            self.fail(f"{text!r} is a file, not a run directory (nor zoo:NAME)", param, ctx)
+        self.fail(f"Directory {text!r} does not exist (nor is it zoo:NAME)", param, ctx)
 
 
 RUN_OR_ZOO = RunOrZoo()
