@@ -47,7 +47,8 @@ class _Lines:
 
     def update(self, k: int = 1) -> None:
         self.n += k
-        if time.monotonic() - self.last >= self.interval:
+        finished = self.total is not None and self.n >= self.total  # close() prints the last line
+        if not finished and time.monotonic() - self.last >= self.interval:
             self._line()
 
     def set_postfix(self, **kw: Any) -> None:
