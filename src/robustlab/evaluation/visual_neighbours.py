@@ -14,39 +14,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .._torch import check_int, model_guard
+from .._torch import check_int
+from ..detection.features import default_layer, extract_features
+
+#: The model's last ``nn.Linear`` (whose input is the penultimate representation): the detector's rule.
+last_linear_layer = default_layer
 
 
-def last_linear_layer(model: nn.Module) -> str:
-    """Name of the model's last ``nn.Linear``; ValueError when it has none."""
-    name = None
-    for n, m in model.named_modules():
-        if isinstance(m, nn.Linear):
-            name = n
-    if name is None:
-        raise ValueError("the model has no nn.Linear layer; name the feature layer explicitly (layer=...)")
-    return name
-
-
-@torch.no_grad()
 def penultimate_features(model: nn.Module, x: torch.Tensor, layer: str | None = None, batch_size: int = 500) -> torch.Tensor:
     """The flattened input (N, D) of submodule ``layer`` (default: the last ``nn.Linear``) for
-    images ``x``, in eval mode; the model is left as found and the hook removed."""
-    layer = last_linear_layer(model) if layer is None else str(layer)
-    try:
-        module = model.get_submodule(layer)
-    except AttributeError:
-        raise ValueError(f"the model has no submodule {layer!r}") from None
-    batch_size = check_int("batch_size", batch_size, 1)
-    store: list[torch.Tensor] = []
-    handle = module.register_forward_pre_hook(lambda _m, args: store.append(args[0].detach().flatten(1)))
-    try:
-        with model_guard(model, eval_mode=True):
-            for i in range(0, len(x), batch_size):
-                model(x[i : i + batch_size])
-    finally:
-        handle.remove()
-    return torch.cat(store) if store else torch.empty(0, 0)
+    images ``x``, in eval mode; the model is left as found and the hook removed (the detector's
+    feature extraction, :func:`robustlab.detection.features.extract_features`)."""
+    return extract_features(model, x, layer, capture="input", batch_size=check_int("batch_size", batch_size, 1))
 
 
 def nearest_neighbours(queries: torch.Tensor, bank: torch.Tensor, k: int,
