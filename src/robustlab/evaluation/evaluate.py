@@ -18,7 +18,7 @@ from ..attacks.base import Attack, require_eps_ball
 from ..threat import ThreatModel
 from ..validation import check_images, check_labels, check_logits, check_same_device
 from .checks import format_checks, run_checks
-from .outcomes import EvaluationResult, run_attack
+from .outcomes import EvaluationResult, keep_first_breaks, run_attack
 from .streaming import is_stream, materialise, stream_outcomes
 from .suites import build_suite
 
@@ -131,11 +131,8 @@ def evaluate(
             # Samples not attacked because an earlier attack broke them stay broken.
             out.robust &= alive.cpu()
             alive = alive & out.robust.to(x.device)
-        if x_adv is not None and out.examples is not None:
-            first_break = unbroken & ~out.robust
-            x_adv[first_break.to(x.device)] = out.examples[first_break].to(x.device, x.dtype)
-            out.examples = None
-        unbroken &= out.robust
+        unbroken = keep_first_breaks(x_adv, unbroken, out.robust, out.examples)
+        out.examples = None
         outcomes.append(out)
     result = EvaluationResult(threat, len(x), clean_correct, outcomes, cascade, adversarial=x_adv)
     if checks:

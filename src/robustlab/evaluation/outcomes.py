@@ -126,6 +126,16 @@ def run_attack(
                          time.perf_counter() - t0, repr(attack), None if examples is None else examples.cpu())
 
 
+def keep_first_breaks(worst: torch.Tensor | None, unbroken: torch.Tensor, robust: torch.Tensor,
+                      examples: torch.Tensor | None) -> torch.Tensor:
+    """Per-sample worst case over attacks in order: where an attack breaks a sample that no earlier
+    attack broke, its example goes into ``worst`` (in place). Returns the samples still unbroken."""
+    if worst is not None and examples is not None:
+        first = unbroken & ~robust
+        worst[first.to(worst.device)] = examples[first].to(worst.device, worst.dtype)
+    return unbroken & robust
+
+
 @dataclass
 class EvaluationResult:
     """Clean and robust accuracy with per-sample outcomes.
@@ -235,4 +245,5 @@ class EvaluationResult:
 
 
 
-__all__ = ["SCHEMA_VERSION", "AttackOutcome", "EvaluationResult", "clean_accuracy", "predict", "run_attack"]
+__all__ = ["SCHEMA_VERSION", "AttackOutcome", "EvaluationResult", "clean_accuracy", "keep_first_breaks", "predict",
+           "run_attack"]

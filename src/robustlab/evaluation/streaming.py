@@ -25,7 +25,7 @@ from ..attacks.base import Attack
 from ..progress import bar as progress_bar
 from ..threat import ThreatModel
 from ..validation import check_images, check_labels
-from .outcomes import AttackOutcome, _norms
+from .outcomes import AttackOutcome, _norms, keep_first_breaks
 
 
 def is_stream(data: object) -> bool:
@@ -201,10 +201,7 @@ def stream_outcomes(
         if cascade:
             out.robust &= alive
             alive &= out.robust
-        if worst is not None and examples is not None:
-            first = unbroken & ~out.robust
-            worst[first] = examples[first]
-        unbroken &= out.robust
+        unbroken = keep_first_breaks(worst, unbroken, out.robust, examples)
         outcomes.append(out)
     return clean_correct, outcomes, worst, n
 

@@ -11,7 +11,6 @@ read from its ``config.json`` spec and ``model.json`` architecture record; nothi
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from ..storage import atomic_write_json
 from ..storage.layout import COMPARE_DATA as DATA_FILE
 from ..storage.layout import COMPARE_FIGURE as FIGURE_FILE
 from .data import RunData, finite_number, monitor_label, percent, read_run
+from .markup import escape as _e
 from .plots import save_figure, tex
 
 ON_CORRECT = "adv_accuracy_on_correct"
@@ -157,9 +157,6 @@ def write_comparison(runs: Sequence[str | Path], out_dir: str | Path) -> dict[st
     atomic_write_json(out / DATA_FILE, doc)
     return doc
 
-
-def _e(v: Any) -> str:
-    return html.escape("" if v is None else str(v), quote=True)
 
 
 def _last(values: Sequence[float | None]) -> float | None:

@@ -12,7 +12,6 @@ here loads a model.
 
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +21,9 @@ from matplotlib.figure import Figure
 
 from ..storage.layout import CONFIG_FILE, DETECTOR_META, METRICS_FILE, ROC_FILE, read_json
 from .data import RunData, finite_number, percent
+from .markup import card_section
+from .markup import escape as _e
+from .markup import missing as _missing
 from .plots import save_figure, tex
 
 DETECTOR = "detector"
@@ -126,16 +128,10 @@ def plot_roc(curves: dict[str, dict[str, Any]], out: str | Path,
 
 
 # --- the cards -------------------------------------------------------------------------------------
-def _e(v: Any) -> str:
-    return html.escape("" if v is None else str(v), quote=True)
-
 
 def _note(text: str) -> str:
     return f'<p class="note">{_e(text)}</p>'
 
-
-def _missing(text: str) -> str:
-    return f'<p class="missing">{_e(text)}</p>'
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[tuple[str, bool]]]) -> str:
@@ -249,9 +245,7 @@ def experiments_section(runs: Sequence[RunData], slugs: Sequence[str], figure: C
         except Exception as e:  # malformed data costs one card, never the report
             body = _missing(f"could not read this experiment's data: {type(e).__name__}: {e}")
         cards.append(f'<div class="card wide"><h3>{_e(run.title)} ({_e(what)})</h3>{body}</div>')
-    if not cards:
-        return ""
-    return '<h2>Experiments: offline retraining, detection, Noisy Student</h2><div class="grid">' + "".join(cards) + "</div>"
+    return card_section("Experiments: offline retraining, detection, Noisy Student", cards)
 
 
 __all__ = ["DETECTOR", "NOISY_STUDENT", "ROC_FILE", "detector_card", "experiment_kind", "experiments_section", "is_offline",

@@ -10,7 +10,6 @@ Plot functions take plain data (history lines, numpy arrays) and an output PNG p
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,13 +19,13 @@ from matplotlib.figure import Figure
 
 from ..storage.layout import ADVGAN_EXAMPLES, ARTIFACTS_DIR, CYCLEGAN_TRANSLATIONS, GAN_SAMPLES, NETWORKS_META, read_json
 from .data import RunData, finite_number, percent, read_tensors
+from .markup import card_section
+from .markup import escape as _e
+from .markup import missing as _missing
 from .plots import panel_grid, save_figure, show_image, tex
 
 Figure_ = Callable[..., str]
 
-
-def _e(v: Any) -> str:
-    return html.escape("" if v is None else str(v), quote=True)
 
 
 def _num(v: Any, digits: int = 2) -> str:
@@ -37,9 +36,6 @@ def _num(v: Any, digits: int = 2) -> str:
 def _note(text: str) -> str:
     return f'<p class="note">{_e(text)}</p>'
 
-
-def _missing(text: str) -> str:
-    return f'<p class="missing">{_e(text)}</p>'
 
 
 # --- plots -------------------------------------------------------------------------------------
@@ -250,9 +246,7 @@ def generative_section(runs: Sequence[RunData], slugs: Sequence[str], figure: Fi
         except Exception as e:  # malformed data costs one card, never the report
             body = _missing(f"could not read this run's generative data: {type(e).__name__}: {e}")
         cards.append(f'<div class="card wide"><h3>{_e(run.title)} ({_e(kind)})</h3>{body}</div>')
-    if not cards:
-        return ""
-    return "<h2>Generative models and generative adversarial examples</h2><div class=\"grid\">" + "".join(cards) + "</div>"
+    return card_section("Generative models and generative adversarial examples", cards)
 
 
 __all__ = ["generative_section", "is_generative", "plot_advgan_examples", "plot_class_histogram", "plot_gan_curves",

@@ -9,7 +9,6 @@ missing or malformed shows a one-line note instead, never costing the report.
 from __future__ import annotations
 
 import base64
-import html
 import math
 import re
 import time
@@ -29,19 +28,14 @@ from .compare import epochs_comparison_section
 from .data import RunData, class_label, example_captions, finite_number, monitor_label, percent, read_run, run_summary
 from .experiments import experiments_section
 from .generative import generative_section
+from .markup import escape as _e
+from .markup import missing as _missing
 from .visual import visual_section
 
 STATUS_COLOURS = {"PASS": "#1a7f37", "WARN": "#b35900", "FAIL": "#c62828"}
 
 
 # --- HTML pieces -----------------------------------------------------------------------------
-def _e(v: Any) -> str:
-    """``v`` as escaped text (None as '')."""
-    return html.escape("" if v is None else str(v), quote=True)
-
-
-def _missing(text: str) -> str:
-    return f'<p class="missing">{_e(text)}</p>'
 
 
 def _seconds(v: float | None) -> str:

@@ -10,7 +10,6 @@ these artifacts (older artifacts, evaluation directories).
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,14 +22,12 @@ from matplotlib.patches import Patch, Rectangle
 
 from ..storage.layout import VISUAL_ARTIFACTS
 from .data import RunData, finite_number, percent
+from .markup import escape as _e
 from .plots import panel_grid, save_figure, show_image, tex
 
 Figure_ = Callable[..., str]
 SAME, OTHER = "#1a7f37", "#c62828"  # a neighbour of the query's class / of another class
 
-
-def _e(v: Any) -> str:
-    return html.escape("" if v is None else str(v), quote=True)
 
 
 def _name(class_names: Sequence[str], k: Any) -> str:
