@@ -25,7 +25,7 @@ Default run: 200 test images; the attacks cost about 6,000 forward+backward pass
 (autoattack-rand 4,000 of them). Measured on 2 CPU cores shared at load ~9: training 242 s, PGD
 24 s, PGD eot=20 385 s, autoattack-rand 800 s -- far over 5 minutes there; use ``--n 50`` or a GPU
 for a quick look. Usage:
-    python benchmarks/eot_vs_torchattacks.py [--n 200] [--eps 0.1] [--sd 0.3] [--model PATH]
+    python benchmarks/eot_vs_torchattacks.py [--n 200] [--dataset fashion-mnist|digits] [--eps 0.1] [--sd 0.3] [--model PATH]
         [--device cpu|cuda] [--threads 2] [--seed 0]           (needs torchattacks)
 """
 
@@ -55,16 +55,18 @@ class InputNoise(nn.Module):
         return self.inner(x + self.sd * torch.randn_like(x))
 
 
-def fast_at_model(device: torch.device, eps: float, sd: float, train_limit: int, epochs: int) -> nn.Module:
+def fast_at_model(device: torch.device, eps: float, sd: float, train_limit: int, epochs: int,
+                  dataset: str = "fashion-mnist") -> nn.Module:
     """The demo's recipe, shortened and narrower: small CNN behind input noise ``sd``, fast-AT at
     ``eps`` through the noise, one-cycle schedule. Returns the noisy model."""
     from robustlab.models import build_model
     from robustlab.training import TrainConfig, build_objective, train
 
-    x, y, _ = load_dataset("fashion-mnist", "train")
+    x, y, _ = load_dataset(dataset, "train")
     x, y = x[:train_limit].to(device), y[:train_limit].to(device)
     torch.manual_seed(0)
-    model = InputNoise(build_model("small-cnn", 10, 1, channels=(16, 32), hidden=64), sd).to(device)
+    model = InputNoise(build_model("small-cnn", 10, x.shape[1], channels=(16, 32), hidden=64,
+                                       input_size=x.shape[-1]), sd).to(device)
     cfg = TrainConfig(epochs=epochs, batch_size=128, lr=3e-3, schedule="onecycle", seed=0, progress=False)
     train(model, build_objective("fast-at", eps=eps), (x, y), None, cfg)
     return model.eval()
@@ -82,6 +84,7 @@ def judged(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, draws: int) -
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=200, help="test images (default 200)")
+    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (default) or digits")
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--sd", type=float, default=0.3, help="input-noise standard deviation")
     p.add_argument("--steps", type=int, default=50, help="PGD / EOTPGD steps")
@@ -105,11 +108,11 @@ def main() -> None:
         model = InputNoise(load_model(args.model, map_location=dev), args.sd).eval()
         source = f"{args.model} + Gaussian input noise sd={args.sd:g} in forward"
     else:
-        model = fast_at_model(dev, args.eps, args.sd, args.train_limit, args.epochs).eval()
+        model = fast_at_model(dev, args.eps, args.sd, args.train_limit, args.epochs, args.dataset).eval()
         source = (f"small-cnn 16/32 behind Gaussian input noise sd={args.sd:g} in forward, fast-AT eps={args.eps:g} "
-                  f"through the noise, {args.epochs} epochs on {args.train_limit} Fashion-MNIST images")
+                  f"through the noise, {args.epochs} epochs on up to {args.train_limit} {args.dataset} training images")
     train_s = time.perf_counter() - t0
-    x, y, _ = load_dataset("fashion-mnist", "test")
+    x, y, _ = load_dataset(args.dataset, "test")
     x, y = x[: args.n].to(dev), y[: args.n].to(dev)
     threat = ThreatModel("linf", args.eps)
     step = 2.5 * args.eps / args.steps
@@ -139,7 +142,7 @@ def main() -> None:
         (f"torchattacks EOTPGD eot_iter={args.eot}", eotpgd),
     ]
     print(f"model: {source} ({train_s:.0f}s)")
-    print(f"{args.n} Fashion-MNIST test images, Linf eps={args.eps:g}; PGD/EOTPGD {args.steps} steps of {step:.4g}; "
+    print(f"{len(y)} {args.dataset} test images, Linf eps={args.eps:g}; PGD/EOTPGD {args.steps} steps of {step:.4g}; "
           f"accuracy averaged over {args.judge_draws} noise draws; device {dev}, {args.threads} threads")
     torch.manual_seed(args.seed + 1000)
     clean, clean_se = judged(model, x, y, args.judge_draws)

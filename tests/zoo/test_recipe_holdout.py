@@ -137,3 +137,42 @@ def test_cli_refuses_select_best_without_holdout(tmp_path):
     r = CliRunner().invoke(main, ["train", "--dataset", "digits", "--select-best", "robust", "--out", str(tmp_path / "r")])
     assert r.exit_code == 2
     assert "needs holdout >= 1" in r.output and "Traceback" not in r.output
+
+
+class _ScriptedAccuracy:
+    """A stand-in monitor attack that leaves exactly ``kept[e]`` of the held-out images untouched in
+    epoch ``e`` (one call per epoch) and swaps each other one for a held-out image of another class."""
+
+    def __init__(self, kept: list[int]) -> None:
+        self.kept, self.calls = kept, 0
+
+    def __call__(self, model, x, y):
+        k = self.kept[self.calls]
+        self.calls += 1
+        out = x.clone()
+        for i in range(k, len(x)):
+            out[i] = x[int((y != y[i]).nonzero()[0])]
+        return out
+
+
+@pytest.mark.parametrize("kept, rule, expected", [
+    # 100 held-out images; at best p = 0.5 one standard error is 0.05 (5 images)
+    ([50, 46, 30], "robust-1se", 2),  # 46 >= 50 - 5: the later epoch; 30 is outside
+    ([50, 46, 30], "robust", 1),
+    ([40, 50, 45], "robust-1se", 3),  # the best moved to epoch 2, and epoch 3 is within 5 of it
+    ([40, 50, 44], "robust-1se", 2),  # 44 < 50 - 5
+])
+def test_robust_1se_takes_the_latest_epoch_within_one_standard_error(digits, digits_model, tmp_path, kept, rule, expected):
+    xtr, ytr, _, _ = digits
+    model = copy.deepcopy(digits_model).train()
+    per_epoch: list[dict] = []
+    cfg = TrainConfig(epochs=3, batch_size=128, lr=1e-5, seed=0, progress=False, verbose=False, holdout=100, select_best=rule)
+    train(model, build_objective("clean"), (xtr[:500], ytr[:500]), None, cfg, run_dir=tmp_path,
+          monitor_attack=_ScriptedAccuracy(kept),
+          on_epoch_end=lambda epoch, line: per_epoch.append({k: v.clone() for k, v in model.state_dict().items()}))
+    accs = [h["holdout_adv_accuracy"] for h in read_history(tmp_path)]
+    assert accs == [k / 100 for k in kept]  # the model got every held-out image right: the script decides
+    saved = load_model(tmp_path)
+    assert saved.robustlab_metadata["selected_epoch"] == expected
+    for k, v in saved.state_dict().items():
+        assert torch.equal(v, per_epoch[expected - 1][k]), k

@@ -102,8 +102,9 @@ def _announce_recipe(name: str, defense_option: tuple[str, ...], run: str) -> tu
               help="Average the weights (EMA, e.g. 0.999) after every step; the average is evaluated and saved (0: off).")
 @click.option("--holdout", type=int, default=0, metavar="N",
               help="Hold N training images out of training; the monitor attack's accuracy on them each epoch.")
-@click.option("--select-best", type=click.Choice(["last", "robust"]), default="last", show_default=True,
-              help="robust: the run's model is the epoch with the best robust accuracy on the --holdout images.")
+@click.option("--select-best", type=click.Choice(["last", "robust", "robust-1se"]), default="last", show_default=True,
+              help="robust: the run's model is the epoch with the best robust accuracy on the --holdout images; "
+                   "robust-1se: the latest epoch within one standard error of that best.")
 @click.option("--tensorboard", "tensorboard_dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
               help="Also log each epoch's losses, accuracies and lr as TensorBoard scalars in DIR "
                    "(needs: pip install 'robustlab[tensorboard]'; view with: tensorboard --logdir DIR).")

@@ -63,7 +63,7 @@ def adversarial_images(generator: nn.Module, x: torch.Tensor, threat: ThreatMode
     return threat.clip_bounds(x + perturbation(generator, x, threat))
 
 
-def build_perturbation_generator(channels: int = 1, width: int = 16, blocks: int = 2, seed: int = 0,
+def build_perturbation_generator(channels: int = 1, width: int = 12, blocks: int = 2, seed: int = 0,
                                  downsamplings: int = 2) -> nn.Module:
     """An untrained AdvGAN generator (:class:`.models.ImageToImage` ending in tanh)."""
     return build_network("image-to-image", seed=seed, channels=channels, width=width, blocks=blocks, output="perturbation",
@@ -76,10 +76,13 @@ class AdvGanConfig:
 
     eps: float = 0.1
     norm: str = "linf"
-    epochs: int = 2
+    epochs: int = 6  # width 12 on Fashion-MNIST at eps 0.1: 86.9, 89.1, 89.7, 90.2, 90.1, 90.4% success after epochs 1-6
     batch_size: int = 64
     lr: float = 1e-3
-    width: int = 16  # small on purpose: one forward pass must cost far less than PGD's 20 forward+backward
+    # Small on purpose: one forward pass must cost far less than PGD-20's 20 forward+backward passes.
+    # Measured on one CPU thread, 1,000 images: width 16 runs at 16x PGD-20's throughput, width 12 at
+    # 21.6x (90.4% success), width 8 faster still but it plateaued at 89.3% success in 4 epochs.
+    width: int = 12
     blocks: int = 2  # at 1/4 resolution (two downsamplings): a wide receptive field for little compute
     downsamplings: int = 2
     adv_weight: float = 10.0

@@ -8,6 +8,11 @@
   ``holdout_adv_accuracy`` (the first such epoch on ties), not the last one: early stopping against
   robust overfitting (Rice et al. 2020) selected on held-out *training* images, never on the test
   set. ``selected_epoch`` says which, in model.json and the history lines.
+* ``TrainConfig.select_best = "robust-1se"``: the *latest* epoch whose ``holdout_adv_accuracy``
+  is within one standard error of the best so far (``sqrt(p (1 - p) / N)`` for the best accuracy
+  ``p`` on ``N`` held-out images). With a small holdout the plain maximum often picks an early
+  epoch for a gain inside the noise and pays for it in clean accuracy; this rule prefers the later,
+  longer-trained weights unless the held-out drop is larger than the noise.
 
 Everything here is part of the training state, so a resumed run ends bit-identical.
 """
@@ -24,7 +29,7 @@ from torch import nn
 from ..distributed import unwrap
 from .ema import WeightEMA
 
-SELECT_BEST = ("last", "robust")
+SELECT_BEST = ("last", "robust", "robust-1se")
 HOLDOUT_SEED = 7919  # the held-out subset is a function of the run's seed, apart from the batch order
 
 
@@ -36,9 +41,15 @@ def check_extras_config(cfg: Any) -> None:
         raise ValueError(f"holdout must be >= 0 (training images held out), got {cfg.holdout}")
     if cfg.select_best not in SELECT_BEST:
         raise ValueError(f"unknown select_best {cfg.select_best!r}: expected one of {', '.join(SELECT_BEST)}")
-    if cfg.select_best == "robust" and cfg.holdout < 1:
-        raise ValueError("select_best 'robust' needs holdout >= 1: robust accuracy is measured on held-out "
+    if cfg.select_best != "last" and cfg.holdout < 1:
+        raise ValueError(f"select_best {cfg.select_best!r} needs holdout >= 1: robust accuracy is measured on held-out "
                          "training images, never on the test set")
+
+
+def within_one_se(accuracy: float, n: int) -> float:
+    """The binomial standard error ``sqrt(p (1 - p) / n)`` of an accuracy ``p`` measured on ``n``
+    images (a tiny epsilon added, so an accuracy equal to the bound's float rounding still counts)."""
+    return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / max(n, 1)) + 1e-12
 
 
 def holdout_indices(n_train: int, holdout: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,12 +106,17 @@ class TrainingExtras:
         return {"holdout_accuracy": sharded_accuracy(m, xh, yh, batch_size), "holdout_adv_accuracy": adv}
 
     def after_epoch(self, model: nn.Module, history: list[dict[str, Any]]) -> None:
-        """Keep the epoch's weights when it is the best so far; tag the history line."""
-        if self.select != "robust":
+        """Keep the epoch's weights when the selection rule picks it; tag the history line."""
+        if self.select == "last":
             return
         line = history[-1]
-        best = max((h["holdout_adv_accuracy"] for h in history[:-1] if "holdout_adv_accuracy" in h), default=-math.inf)
-        if self.best_model is None or line["holdout_adv_accuracy"] > best:
+        if self.select == "robust":
+            best = max((h["holdout_adv_accuracy"] for h in history[:-1] if "holdout_adv_accuracy" in h), default=-math.inf)
+            take = line["holdout_adv_accuracy"] > best
+        else:  # robust-1se: the latest epoch within one standard error of the best so far
+            best = max(h["holdout_adv_accuracy"] for h in history if "holdout_adv_accuracy" in h)
+            take = line["holdout_adv_accuracy"] >= best - within_one_se(best, len(self.holdout[0]) if self.holdout else 1)
+        if self.best_model is None or take:
             self.best_epoch = int(line["epoch"])
             self.best_model = copy.deepcopy(unwrap(self.eval_model(model)))
         line["selected_epoch"] = self.best_epoch
@@ -108,7 +124,8 @@ class TrainingExtras:
     def saved_model(self, model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
         """The module the run saves as its model after an epoch, and metadata saying what it is."""
         if self.best_model is not None:
-            return self.best_model, {"selected_epoch": self.best_epoch, "selected_by": "holdout_adv_accuracy"}
+            meta = {"selected_epoch": self.best_epoch, "selected_by": "holdout_adv_accuracy"}
+            return self.best_model, meta if self.select == "robust" else {**meta, "selection_rule": self.select}
         return unwrap(self.eval_model(model)), ({"weights_average": {"ema": self.ema.decay}} if self.ema else {})
 
     @torch.no_grad()

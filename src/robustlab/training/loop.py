@@ -62,7 +62,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # also save the training state every N optimiser steps (0: epoch ends only)
     ema: float = 0.0  # decay of an average of the weights, evaluated and saved (0: off; see .extras)
     holdout: int = 0  # training images held out (never trained on) for a per-epoch robust accuracy
-    select_best: str = "last"  # "robust": the run's model is the epoch best on the holdout's robust accuracy
+    select_best: str = "last"  # "robust" / "robust-1se": the run's model is the epoch the holdout's robust accuracy picks
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
