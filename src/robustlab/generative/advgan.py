@@ -81,7 +81,7 @@ class AdvGanConfig:
     lr: float = 1e-3
     # Small on purpose: one forward pass must cost far less than PGD-20's 20 forward+backward passes.
     # Measured on one CPU thread, 1,000 images: width 16 runs at 16x PGD-20's throughput, width 12 at
-    # 21.6x (90.4% success), width 8 faster still but it plateaued at 89.3% success in 4 epochs.
+    # 21.6x-33.4x (90.4% success), width 8 faster still but it plateaued at 89.3% success in 4 epochs.
     width: int = 12
     blocks: int = 2  # at 1/4 resolution (two downsamplings): a wide receptive field for little compute
     downsamplings: int = 2

@@ -61,7 +61,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
            {**_COMMON, "--defense": "pgd-at", "--norm": "linf", "--eps": 0.1, "--defense-option": ["steps=5"],
             **_ROBUST, "--monitor-eps": 0.1}),
     Recipe("fmnist-linf-0.1-trades-awp", "Fashion-MNIST, Linf eps 0.1: TRADES (beta 6, 5 steps) with adversarial "
-           "weight perturbation (gamma 0.005), EMA, best held-out epoch.",
+           "weight perturbation (gamma 0.005), EMA, best held-out epoch; measured (with --select-best robust-1se) "
+           "85.54% clean, AutoAttack 76.0% on 500 images, about 40 minutes on this CPU.",
            {**_COMMON, "--defense": "trades", "--norm": "linf", "--eps": 0.1,
             "--defense-option": ["steps=5", "beta=6", "awp_gamma=0.005"], **_ROBUST, "--monitor-eps": 0.1}),
     Recipe("fmnist-l2", "Fashion-MNIST, L2 eps 1.5 (the zoo's model): fast-AT in L2, BatchNorm, EMA, best held-out "
