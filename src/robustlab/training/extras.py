@@ -46,7 +46,7 @@ def check_extras_config(cfg: Any) -> None:
                          "training images, never on the test set")
 
 
-def within_one_se(accuracy: float, n: int) -> float:
+def binomial_se(accuracy: float, n: int) -> float:
     """The binomial standard error ``sqrt(p (1 - p) / n)`` of an accuracy ``p`` measured on ``n``
     images (a tiny epsilon added, so an accuracy equal to the bound's float rounding still counts)."""
     return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / max(n, 1)) + 1e-12
@@ -115,7 +115,7 @@ class TrainingExtras:
             take = line["holdout_adv_accuracy"] > best
         else:  # robust-1se: the latest epoch within one standard error of the best so far
             best = max(h["holdout_adv_accuracy"] for h in history if "holdout_adv_accuracy" in h)
-            take = line["holdout_adv_accuracy"] >= best - within_one_se(best, len(self.holdout[0]) if self.holdout else 1)
+            take = line["holdout_adv_accuracy"] >= best - binomial_se(best, len(self.holdout[0]) if self.holdout else 1)
         if self.best_model is None or take:
             self.best_epoch = int(line["epoch"])
             self.best_model = copy.deepcopy(unwrap(self.eval_model(model)))
