@@ -109,13 +109,14 @@ class TrainingExtras:
         """Keep the epoch's weights when the selection rule picks it; tag the history line."""
         if self.select == "last":
             return
-        line = history[-1]
+        line, acc = history[-1], history[-1]["holdout_adv_accuracy"]
+        before = max((h["holdout_adv_accuracy"] for h in history[:-1] if "holdout_adv_accuracy" in h), default=-math.inf)
         if self.select == "robust":
-            best = max((h["holdout_adv_accuracy"] for h in history[:-1] if "holdout_adv_accuracy" in h), default=-math.inf)
-            take = line["holdout_adv_accuracy"] > best
+            take = acc > before
         else:  # robust-1se: the latest epoch within one standard error of the best so far
-            best = max(h["holdout_adv_accuracy"] for h in history if "holdout_adv_accuracy" in h)
-            take = line["holdout_adv_accuracy"] >= best - binomial_se(best, len(self.holdout[0]) if self.holdout else 1)
+            assert self.holdout is not None  # check_extras_config: select_best needs a holdout
+            best = max(before, acc)
+            take = acc >= best - binomial_se(best, len(self.holdout[0]))
         if self.best_model is None or take:
             self.best_epoch = int(line["epoch"])
             self.best_model = copy.deepcopy(unwrap(self.eval_model(model)))
