@@ -1,12 +1,14 @@
 """Each objective's loss is what it claims to be."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from robustlab.models import build_model
 from robustlab.training import OBJECTIVES, build_objective
-from robustlab.training.objectives import ALP, FGSMAT, PGDAT, TRADES, AdvReg, Mix, NoiseTraining, kl_per_sample
+from robustlab.training.objectives import ALP, FGSMAT, PGDAT, TRADES, AdvReg, Clean, FastAT, Mix, NoiseTraining, kl_per_sample
 
 
 @pytest.fixture()
@@ -148,3 +150,52 @@ def test_unknown_defense_and_options():
         build_objective("madry")
     with pytest.raises(ValueError, match="unknown option.*stepz"):
         build_objective("pgd-at", stepz=3)
+
+
+class _LastForward(torch.nn.Module):
+    """Wraps a model and keeps the input and logits of its last train-mode forward pass."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.last = None
+
+    def forward(self, x):
+        out = self.inner(x)
+        if self.training:
+            self.last = (x.detach().clone(), out.detach())
+        return out
+
+
+@pytest.mark.parametrize("make", [lambda ls: Clean(label_smoothing=ls),
+                                  lambda ls: PGDAT(eps=0.1, steps=3, label_smoothing=ls),
+                                  lambda ls: FastAT(eps=0.1, check_every=0, label_smoothing=ls)],
+                         ids=["clean", "pgd-at", "fast-at"])
+def test_label_smoothing_is_the_closed_form_and_leaves_the_crafted_examples_alone(make, model, batch):
+    x, y = batch
+    ls = 0.2
+    seen = {}
+    for value in (0.0, ls):
+        # A fresh copy each time: the train-mode forward moves BatchNorm's running statistics,
+        # which the eval-mode crafting of the next call would otherwise see.
+        spy = _LastForward(copy.deepcopy(model)).train()
+        torch.manual_seed(0)
+        loss, _ = make(value)(spy, x, y)
+        seen[value] = (loss.detach(), *spy.last)
+    loss, x_trained, logits = seen[ls]
+    assert torch.equal(x_trained, seen[0.0][1]), "smoothing must not change the examples trained on"
+    logp = F.log_softmax(logits, 1)
+    # (1 - ls) * CE against the label + ls * CE against the uniform distribution over the 10 classes.
+    ref = ((1 - ls) * -logp.gather(1, y[:, None]).squeeze(1) + ls * -logp.mean(1)).mean()
+    assert torch.allclose(loss, ref, atol=1e-5)
+    assert torch.allclose(seen[0.0][0], -logp.gather(1, y[:, None]).mean(), atol=1e-5)
+    assert not torch.allclose(loss, seen[0.0][0], atol=1e-3)
+    assert make(ls).config()["label_smoothing"] == ls
+    assert "label_smoothing" not in make(0.0).config(), "the default stays out of recorded configs"
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, float("nan")])
+def test_label_smoothing_outside_zero_one_is_refused(bad):
+    for name, opts in (("clean", {}), ("pgd-at", {"eps": 0.1}), ("fast-at", {"eps": 0.1})):
+        with pytest.raises(ValueError, match="label_smoothing must be in \\[0, 1\\)"):
+            build_objective(name, label_smoothing=bad, **opts)

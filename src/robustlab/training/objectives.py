@@ -70,6 +70,14 @@ def _eval_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def check_label_smoothing(value: float) -> float:
+    """``value`` as a float; a ValueError unless 0 <= value < 1 (0 = plain cross-entropy)."""
+    v = float(value)
+    if not 0.0 <= v < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1) (the mass spread evenly over all classes, e.g. 0.1), got {value}")
+    return v
+
+
 class _Configured:
     """Records constructor arguments for ``config()``."""
 
@@ -81,16 +89,18 @@ class _Configured:
 
 
 class Clean(_Configured):
-    """Standard training: cross-entropy on the clean batch."""
+    """Standard training: cross-entropy on the clean batch (``label_smoothing`` > 0: against
+    targets that spread that mass evenly over all classes, Szegedy et al. 2016)."""
 
     name = "clean"
 
-    def __init__(self) -> None:
-        self._options = {}
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        self.label_smoothing = check_label_smoothing(label_smoothing)
+        self._options = {"label_smoothing": self.label_smoothing} if self.label_smoothing else {}
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
         logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         return loss, {"loss": loss.detach(), "acc": _acc(logits, y)}
 
 
@@ -137,17 +147,20 @@ class FGSMAT(_Adversarial):
 class PGDAT(_Adversarial):
     """Madry et al. 2018: train on PGD examples. ``predicted_labels`` crafts against the model's
     own predictions (no label leaking); ``mixed`` uses (CE(clean) + CE(adv)) / 2; ``awp_gamma`` > 0
-    adds adversarial weight perturbation (:mod:`.awp`)."""
+    adds adversarial weight perturbation (:mod:`.awp`); ``label_smoothing`` > 0 smooths the training
+    loss's targets (never the attack's)."""
 
     name = "pgd-at"
 
     def __init__(self, eps: float = 0.1, norm: str = "linf", steps: int = 10, rel_step_size: float = 0.25,
                  random_start: bool = True, predicted_labels: bool = False, mixed: bool = False,
-                 awp_gamma: float = 0.0) -> None:
+                 awp_gamma: float = 0.0, label_smoothing: float = 0.0) -> None:
         self.awp_gamma = check_gamma(awp_gamma)
+        self.label_smoothing = check_label_smoothing(label_smoothing)
         super().__init__(eps, norm, steps=steps, rel_step_size=rel_step_size, random_start=random_start,
                          predicted_labels=predicted_labels, mixed=mixed,
-                         **({"awp_gamma": self.awp_gamma} if self.awp_gamma else {}))
+                         **({"awp_gamma": self.awp_gamma} if self.awp_gamma else {}),
+                         **({"label_smoothing": self.label_smoothing} if self.label_smoothing else {}))
         self.attack = PGD(self.threat, steps=steps, rel_step_size=rel_step_size, random_start=random_start,
                          track_best=False)
         self.predicted_labels, self.mixed = predicted_labels, mixed
@@ -159,10 +172,11 @@ class PGDAT(_Adversarial):
     def _loss(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Logs]:
         if not self.mixed:
             la = model(x_adv)
-            loss = F.cross_entropy(la, y)
+            loss = F.cross_entropy(la, y, label_smoothing=self.label_smoothing)
             return loss, {"loss": loss.detach(), "adv_acc": _acc(la, y)}
         lc, la = _pair_logits(model, x, x_adv)
-        loss = 0.5 * (F.cross_entropy(lc, y) + F.cross_entropy(la, y))
+        ls = self.label_smoothing
+        loss = 0.5 * (F.cross_entropy(lc, y, label_smoothing=ls) + F.cross_entropy(la, y, label_smoothing=ls))
         return loss, {"loss": loss.detach(), "acc": _acc(lc, y), "adv_acc": _acc(la, y)}
 
 
@@ -204,15 +218,19 @@ class FastAT(_Adversarial):
     ``alpha = 1.25 * eps``. Every ``check_every`` batches the PGD accuracy on a monitor batch is
     measured; if it collapses (drops by more than ``collapse_drop`` below its best) catastrophic
     overfitting is declared: a warning is raised and, with ``rollback``, the weights return to the
-    last good snapshot."""
+    last good snapshot. ``label_smoothing`` > 0 smooths the training loss's targets (the FGSM step
+    still ascends plain cross-entropy)."""
 
     name = "fast-at"
 
     def __init__(self, eps: float = 0.1, norm: str = "linf", alpha: float | None = None, check_every: int = 100,
-                 monitor_size: int = 256, collapse_drop: float = 0.2, rollback: bool = True) -> None:
+                 monitor_size: int = 256, collapse_drop: float = 0.2, rollback: bool = True,
+                 label_smoothing: float = 0.0) -> None:
         alpha = 1.25 * eps if alpha is None else alpha
+        self.label_smoothing = check_label_smoothing(label_smoothing)
         super().__init__(eps, norm, alpha=alpha, check_every=check_every, monitor_size=monitor_size,
-                         collapse_drop=collapse_drop, rollback=rollback)
+                         collapse_drop=collapse_drop, rollback=rollback,
+                         **({"label_smoothing": self.label_smoothing} if self.label_smoothing else {}))
         self.alpha = float(alpha)
         self.check_every, self.monitor_size = int(check_every), int(monitor_size)
         self.collapse_drop, self.rollback = float(collapse_drop), bool(rollback)
@@ -260,7 +278,7 @@ class FastAT(_Adversarial):
             inner.train(was)
         x_adv = t.project(x0.detach() + self.alpha * t.steepest_direction(g), x).detach()
         logits = model(x_adv)
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         return loss, {"loss": loss.detach(), "adv_acc": _acc(logits, y), "monitor_best": self._best}
 
 
