@@ -147,10 +147,12 @@ def attack(run, attack_name, norm, eps, steps, target, labels, attack_option, eo
               help="Also accuracy under common corruptions (noise, blur, contrast, brightness, rotation, shift), "
                    "severities 1-5.")
 @click.option("--nproc", type=int, default=1, show_default=True, help="Shard the evaluation over N processes (torchrun).")
+@click.option("--exact-model", is_flag=True,
+              help="Attack the model itself, not the faster BatchNorm-folded copy used on CPU (verdicts are the model's either way).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True)
 def evaluate(run, out, save_adversarial, attack_names, suite, eps_text, norm, steps, n, batch_size, as_json, surrogates, generator,
-             eot, with_checks, iterations_text, with_corruptions, nproc, device, quiet, **kw) -> None:
+             eot, with_checks, iterations_text, with_corruptions, nproc, exact_model, device, quiet, **kw) -> None:
     """Clean accuracy, and robust accuracy under attacks or a suite, of RUN (writes RUN/metrics.json)
     or of --model on --data (writes --out DIR/evaluation.json)."""
     from ..distributed import relaunch, shutdown
@@ -169,7 +171,7 @@ def evaluate(run, out, save_adversarial, attack_names, suite, eps_text, norm, st
                                    norm=norm, steps=steps, n=n, batch_size=batch_size, surrogate=surrogates, generator=generator,
                                    eot=eot, checks=with_checks, iterations=iterations, corruptions=with_corruptions,
                                    device=device, progress=not quiet, model=model, data=data, out=out,
-                                   save_adversarial=save_adversarial)
+                                   save_adversarial=save_adversarial, exact_model=exact_model)
         ok = True
     finally:
         shutdown(wait=ok)

@@ -48,6 +48,7 @@ def evaluate(
     checks_scale: float = 1.0,
     keep_adversarial: bool = False,
     first_index: int = 0,
+    copies: bool = True,
 ) -> EvaluationResult:
     """Clean accuracy and per-sample worst-case robust accuracy of ``model`` under ``attacks``.
 
@@ -74,6 +75,11 @@ def evaluate(
     which samples share its batch. Evaluating disjoint parts with their ``first_index`` and joining
     them with :meth:`EvaluationResult.merge` therefore gives the result of one call on the whole
     data set (as does ``robustlab evaluate --nproc N``).
+
+    ``copies``: on CPU the attacks run on faster copies of the model (BatchNorm folded for gradient
+    attacks, an inference-optimised TorchScript trace for query-only ones), each validated against
+    the model; every verdict is re-judged with the model itself, so the accuracies are the model's
+    (:mod:`robustlab.evaluation.model_copies`). False attacks the model itself.
     """
     from ..distributed import dist_info
 
@@ -116,7 +122,7 @@ def evaluate(
     if not isinstance(x, torch.Tensor):
         clean_correct, outcomes, x_adv, n = stream_outcomes(
             model, x, threat, configured, batch_size, cascade, keep_adversarial, progress,
-            num_classes_of=lambda xb: _num_classes(model, xb), first_index=first_index)
+            num_classes_of=lambda xb: _num_classes(model, xb), first_index=first_index, copies=copies)
         return EvaluationResult(threat, n, clean_correct, outcomes, cascade, adversarial=x_adv)
     assert isinstance(y, torch.Tensor)
     clean_correct = (predict(model, x, batch_size) == y).cpu()
@@ -126,7 +132,8 @@ def evaluate(
     x_adv = x.detach().clone() if keep_adversarial else None
     for a in configured:
         out = run_attack(model, x, y, a, batch_size, only=alive if cascade else None, progress=progress,
-                         clean_correct=clean_correct, keep_examples=keep_adversarial, first_index=first_index)
+                         clean_correct=clean_correct, keep_examples=keep_adversarial, first_index=first_index,
+                         copies=copies)
         if cascade:
             # Samples not attacked because an earlier attack broke them stay broken.
             out.robust &= alive.cpu()

@@ -19,6 +19,7 @@ from .._torch import clean_accuracy, predict
 from ..attacks.base import Attack
 from ..progress import bar
 from ..threat import ThreatModel
+from .model_copies import model_copies, run_on_copy
 
 SCHEMA_VERSION = 1
 
@@ -31,7 +32,9 @@ class AttackOutcome:
     prediction was already wrong). ``attacked[i]``: the attack was actually run on sample i.
     ``settings``: the attack with its budget (its ``repr``: steps, restarts, queries, targets).
     ``examples``: only with ``run_attack(..., keep_examples=True)``: the attack's output for every
-    attacked sample (zeros elsewhere), on the CPU; None otherwise.
+    attacked sample (zeros elsewhere), on the CPU; None otherwise. ``model_copy``: "" when the
+    attack ran on the model itself, else which faster copy it ran on
+    (:mod:`~robustlab.evaluation.model_copies`; the verdicts are the model's own either way).
     """
 
     name: str
@@ -41,6 +44,7 @@ class AttackOutcome:
     seconds: float
     settings: str = ""
     examples: torch.Tensor | None = None
+    model_copy: str = ""
 
     def summary(self, clean_correct: torch.Tensor) -> dict[str, Any]:
         """The attack's JSON summary: robust accuracy, success rate on the clean-correct attacked samples,
@@ -56,6 +60,8 @@ class AttackOutcome:
         }
         if self.settings:
             out["settings"] = self.settings
+        if self.model_copy:
+            out["model_copy"] = self.model_copy
         for k, v in self.norms.items():
             sel = v[fooled] if fooled.any() else v[:0]
             out[f"mean_{k}"] = float(sel.mean()) if len(sel) else 0.0
@@ -79,13 +85,16 @@ def run_attack(
     clean_correct: torch.Tensor | None = None,
     keep_examples: bool = False,
     first_index: int = 0,
+    copies: bool = True,
 ) -> AttackOutcome:
     """Run ``attack`` on the samples selected by ``only`` (default: all correctly classified),
     in batches, and record per-sample robustness and perturbation sizes. ``clean_correct``
     (per-sample clean correctness) saves the clean forward pass when the caller already has it.
     ``keep_examples``: also return the adversarial examples (``outcome.examples``). Each sample's
     random draws are keyed by its index ``first_index + i`` (``sample_ids`` of the attack), so its
-    outcome does not depend on the batches.
+    outcome does not depend on the batches. ``copies``: on CPU, attack faster copies of the model
+    (:mod:`~robustlab.evaluation.model_copies`), every verdict still the model's own; False attacks
+    the model itself.
 
     Under torch.distributed (``robustlab evaluate --nproc N``) the shards are defined by sample
     index: the indices (into ``x``) of the selected samples, in increasing order, are cut into
@@ -108,9 +117,10 @@ def run_attack(
     examples = torch.zeros_like(x) if keep_examples else None
     t0 = time.perf_counter()
     starts = list(range(0, len(idx), batch_size))[rank::world]
+    fast = model_copies(model, x[idx], enabled=copies and len(idx) > 0)
     for i in bar(starts, desc=attack.name, unit="batch", enabled=progress and rank == 0):
         b = idx[i : i + batch_size]
-        res = attack.run(model, x[b], y[b], sample_ids=b + first_index)
+        res = run_on_copy(fast, attack, x[b], y[b], b + first_index)
         broken[b] = res.success.to(broken.dtype)
         if examples is not None:
             examples[b] = res.x_adv.to(examples.dtype)
@@ -123,7 +133,8 @@ def run_attack(
             dist.all_reduce(t)  # each sample was filled by exactly one rank, zeros elsewhere
     robust &= broken == 0
     return AttackOutcome(attack.name, robust.cpu(), sel.cpu(), {k: v.cpu() for k, v in norms.items()},
-                         time.perf_counter() - t0, repr(attack), None if examples is None else examples.cpu())
+                         time.perf_counter() - t0, repr(attack), None if examples is None else examples.cpu(),
+                         fast.describe(attack))
 
 
 def keep_first_breaks(worst: torch.Tensor | None, unbroken: torch.Tensor, robust: torch.Tensor,
@@ -232,7 +243,8 @@ class EvaluationResult:
             outcomes.append(AttackOutcome(
                 o.name, torch.cat([s.robust for s in same]), torch.cat([s.attacked for s in same]),
                 {n: torch.cat([s.norms[n] for s in same]) for n in o.norms}, sum(s.seconds for s in same), o.settings,
-                torch.cat(examples) if len(examples) == len(same) else None))
+                torch.cat(examples) if len(examples) == len(same) else None,
+                "; ".join(dict.fromkeys(s.model_copy for s in same if s.model_copy))))
         adv = [p.adversarial for p in parts if p.adversarial is not None]
         extra = {k: v for k, v in first.extra.items() if all(p.extra.get(k) == v for p in parts)}
         return cls(first.threat, sum(p.n for p in parts), torch.cat([p.clean_correct for p in parts]), outcomes,

@@ -25,6 +25,7 @@ from ..attacks.base import Attack
 from ..progress import bar as progress_bar
 from ..threat import ThreatModel
 from ..validation import check_images, check_labels
+from .model_copies import ModelCopies, model_copies, run_on_copy
 from .outcomes import AttackOutcome, _norms, keep_first_breaks
 
 
@@ -79,9 +80,12 @@ def iter_chunks(data: Dataset | DataLoader, batch_size: int, device: torch.devic
 class _Stage:
     """One attack of the pipeline: a buffer of (index, x, y) and the per-sample results so far."""
 
-    def __init__(self, attack: Attack, model: nn.Module, batch_size: int, keep: bool, first_index: int) -> None:
+    def __init__(self, attack: Attack, model: nn.Module, batch_size: int, keep: bool, first_index: int,
+                 copies: bool = True) -> None:
         self.attack, self.model, self.batch_size, self.keep = attack, model, batch_size, keep
         self.first_index = first_index
+        self.copies = copies
+        self.fast: ModelCopies | None = None  # built from the first batch attacked
         self.idx: list[torch.Tensor] = []
         self.x: list[torch.Tensor] = []
         self.y: list[torch.Tensor] = []
@@ -110,7 +114,9 @@ class _Stage:
         self.idx, self.x, self.y, self.held = [idx[k:]], [x[k:]], [y[k:]], self.held - k
         idx, x, y = idx[:k], x[:k], y[:k]
         t0 = time.perf_counter()
-        res = self.attack.run(self.model, x, y, sample_ids=idx.to(x.device) + self.first_index)
+        if self.fast is None:
+            self.fast = model_copies(self.model, x, enabled=self.copies)
+        res = run_on_copy(self.fast, self.attack, x, y, idx.to(x.device) + self.first_index)
         self.seconds += time.perf_counter() - t0
         broken = res.success.bool()
         norms = {n: v.cpu() for n, v in _norms(res.x_adv - x).items()}
@@ -134,19 +140,21 @@ class _Stage:
             if examples is not None and xa is not None:
                 examples[idx] = xa.to(dtype)
         robust = clean_correct & ~broken
-        return AttackOutcome(self.attack.name, robust, attacked, norms, self.seconds, repr(self.attack)), examples
+        copy_used = "" if self.fast is None else self.fast.describe(self.attack)
+        return (AttackOutcome(self.attack.name, robust, attacked, norms, self.seconds, repr(self.attack), None, copy_used),
+                examples)
 
 
 def stream_outcomes(
     model: nn.Module, data: Dataset | DataLoader, threat: ThreatModel, attacks: Sequence[Attack], batch_size: int,
-    cascade: bool, keep: bool, progress: bool, num_classes_of: Any, first_index: int = 0,
+    cascade: bool, keep: bool, progress: bool, num_classes_of: Any, first_index: int = 0, copies: bool = True,
 ) -> tuple[torch.Tensor, list[AttackOutcome], torch.Tensor | None, int]:
     """Run ``attacks`` (already named and configured) over ``data`` as a pipeline (module docstring).
 
     Returns clean correctness per sample, the attacks' outcomes, the per-sample worst case (with
     ``keep``: the example of the first attack that broke the sample, else the sample) and ``n``."""
     device = next((p.device for p in model.parameters()), None)
-    stages = [_Stage(a, model, batch_size, keep, first_index) for a in attacks]
+    stages = [_Stage(a, model, batch_size, keep, first_index, copies) for a in attacks]
     clean: list[torch.Tensor] = []
     originals: list[torch.Tensor] = []
     n = 0

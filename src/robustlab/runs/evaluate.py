@@ -180,6 +180,7 @@ def evaluate_run(
     data: DataSource | None = None,
     out: str | Path | None = None,
     save_adversarial: bool = False,
+    exact_model: bool = False,
 ) -> dict[str, Any]:
     """Clean accuracy of a model on its data (first ``n`` images), and with ``attacks`` (names;
     blanks are skipped) or a ``suite`` the robust accuracy at every budget in ``eps`` (the first is
@@ -196,7 +197,9 @@ def evaluate_run(
     test set). With ``out`` the evaluation directory's document is written and returned
     (``save_adversarial`` adds the worst-case examples); otherwise the run's metrics.json
     evaluation keys are replaced and the metrics returned. Under torch.distributed
-    (``robustlab evaluate --nproc``) the work is sharded and only rank 0 writes."""
+    (``robustlab evaluate --nproc``) the work is sharded and only rank 0 writes. On CPU the
+    attacks run on a BatchNorm-folded copy of the model, every verdict the model's own
+    (:mod:`robustlab.evaluation.model_copies`); ``exact_model`` attacks the model itself."""
     # every input checked before any work
     src = model or ModelSource(run=None if run is None else str(run))
     data = data or DataSource()
@@ -254,7 +257,8 @@ def evaluate_run(
             attack_list: Any = (suite_attacks(suite, threat, eot) if suite else
                                 evaluation_attacks(names or (), threat, steps, resources, eot))
             res = evaluate(net, x, y, threat, attack_list, batch_size=batch_size, progress=progress,
-                           checks=checks and k == 0, keep_adversarial=save_adversarial and k == 0)
+                           checks=checks and k == 0, keep_adversarial=save_adversarial and k == 0,
+                           copies=not exact_model)
             res.extra.update(recorded)
             if k == 0:
                 x_adv = res.adversarial
