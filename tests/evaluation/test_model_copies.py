@@ -12,7 +12,15 @@ from torch import nn
 from robustlab import ThreatModel
 from robustlab.attacks import PGD
 from robustlab.evaluation import evaluate
-from robustlab.evaluation.model_copies import ModelCopies, fold_batchnorms, model_copies, run_on_copy
+from robustlab.evaluation.model_copies import (
+    CHUNK_BYTES,
+    Chunked,
+    ModelCopies,
+    fold_batchnorms,
+    model_copies,
+    peak_activation_bytes,
+    run_on_copy,
+)
 from robustlab.models import build_model
 
 THREAT = ThreatModel("linf", 0.1)
@@ -101,20 +109,47 @@ class _Branchy(nn.Module):
         return self.inner(x) if x.sum() > 0 else -self.inner(x)  # data-dependent control flow
 
 
+class _BatchCoupled(nn.Module):
+    """Eval-mode outputs that depend on the other images of the batch: chunks would change them."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x - x.mean(0, keepdim=True))
+
+
+def test_model_calls_are_cut_into_cache_sized_chunks_that_give_the_same_logits():
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 10, 1).eval()  # 28x28: a 32-channel first activation, 100 KB per image
+    x = torch.rand(300, 1, 28, 28)
+    assert peak_activation_bytes(model, x) == 32 * 28 * 28 * 4
+    copies = model_copies(model, x)
+    assert copies.chunk == CHUNK_BYTES // (32 * 28 * 28 * 4) and not copies.folded
+    assert isinstance(copies.attacked, Chunked) and copies.attacked.inner is model  # no copy of the weights
+    assert "chunks of" in copies.describe(PGD(THREAT))
+    with torch.no_grad():
+        ref = model(x)
+        assert torch.allclose(copies.attacked(x), ref, atol=1e-5 * float(ref.abs().max()))
+    coupled = _BatchCoupled(model).eval()
+    assert model_copies(coupled, x).attacked is coupled, "a batch-coupled model must see whole batches"
+
+
 @pytest.mark.parametrize("wrap", [_Noisy, _Branchy, lambda m: nn.Sequential(nn.Flatten(), nn.Linear(64, 10))],
                          ids=["randomised", "control-flow", "no-batchnorm"])
 def test_no_copy_where_it_would_not_be_the_same_function_or_would_not_help(wrap, bn_model, digits):
     model = wrap(copy.deepcopy(bn_model)).eval()
     copies = model_copies(model, digits[2][:64])
-    assert copies.folded is model and copies.describe(PGD(THREAT)) == ""
+    assert copies.attacked is model and copies.describe(PGD(THREAT)) == ""
 
 
 def test_no_copy_when_disabled_or_for_an_attack_that_keeps_train_mode(bn_model, digits):
     x = digits[2][:64]
-    assert model_copies(bn_model, x, enabled=False).folded is bn_model
+    assert model_copies(bn_model, x, enabled=False).attacked is bn_model
     copies = model_copies(bn_model, x)
-    assert copies.folded is not bn_model
-    assert copies.for_attack(PGD(THREAT)) is copies.folded
+    assert copies.attacked is not bn_model and copies.folded
+    assert copies.for_attack(PGD(THREAT)) is copies.attacked
     assert copies.for_attack(PGD(THREAT, eval_mode=False)) is bn_model
 
 
@@ -129,8 +164,8 @@ def test_the_cached_copy_follows_changes_to_the_model(bn_model, digits):
     assert second is not first
     with torch.no_grad():
         ref = model(x)
-        assert torch.allclose(second.folded(x), ref, atol=1e-4 * float(ref.abs().max()))
-        assert not torch.allclose(first.folded(x), ref, atol=1e-2 * float(ref.abs().max()))
+        assert torch.allclose(second.attacked(x), ref, atol=1e-4 * float(ref.abs().max()))
+        assert not torch.allclose(first.attacked(x), ref, atol=1e-2 * float(ref.abs().max()))
 
 
 def test_the_command_line_records_the_copy_and_exact_model_attacks_the_model_itself(tmp_path):

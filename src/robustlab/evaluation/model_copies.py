@@ -1,18 +1,25 @@
 """A faster copy of a model for the attacks of an evaluation (CPU), with the model as the judge.
 
-An evaluation spends nearly all its time in the model's forward and backward passes. For a model
-with BatchNorm after its convolutions (or linear layers), the copy with every eval-mode BatchNorm
-folded into the layer before it (traced with :mod:`torch.fx`, folded with
-:func:`torch.nn.utils.fusion.fuse_conv_bn_eval`) computes the same logits, up to float rounding,
-without the normalisation's forward and backward passes: on the zoo's Fashion-MNIST CNN about
-1.3x faster per gradient step with the attacks' channels-last layout.
+An evaluation spends nearly all its time in the model's forward and backward passes. On CPU two
+things make those passes faster without changing the function they compute:
 
-The copy is used only if it traces and folds without error (no data-dependent control flow) and
-gives the model's logits and input gradients on a probe batch within float tolerance. A model
-whose repeated forward passes differ (randomised), one off the CPU or not in float32, or one with
-nothing to fold gets no copy. Copies are cached per model and rebuilt when any of its parameters
-or buffers changes (their version counters move), so a model trained between evaluations is
-never attacked through stale weights.
+* **Cache-sized chunks.** An attack batch of hundreds of images makes every activation tens of
+  megabytes, far beyond the CPU caches; the same images in chunks whose largest activation fits in
+  about :data:`CHUNK_BYTES` run about 2x faster per image (measured: APGD-CE and Square on the
+  Fashion-MNIST small CNN at a batch of 500, one thread: 16.4 s -> 8.8 s and 30.3 s -> 15.7 s).
+  The attacks keep their whole batch (their bookkeeping stays vectorised); only the model calls
+  are cut, and the chunk size follows the model's largest per-image activation, measured once.
+* **Folded BatchNorm.** For a model with BatchNorm after its convolutions (or linear layers),
+  every eval-mode BatchNorm folded into the layer before it (traced with :mod:`torch.fx`, folded
+  with :func:`torch.nn.utils.fusion.fuse_conv_bn_eval`) saves the normalisation's forward and
+  backward passes: about 1.3x per gradient step on the zoo's Fashion-MNIST CNN.
+
+Each is used only if it gives the model's logits (and the folded copy its input gradients) on a
+probe batch within float tolerance; folding also needs a model fx can trace (no data-dependent
+control flow). A model whose repeated forward passes differ (randomised), one off the CPU or not
+in float32 gets neither. The result is cached per model and rebuilt when any of its parameters or
+buffers changes (their version counters move), so a model trained between evaluations is never
+attacked through stale weights.
 
 The copy only changes how fast the attacks find their points (and, within float rounding, which
 points): :func:`run_on_copy` re-judges every adversarial example with the original model, so the
@@ -37,26 +44,50 @@ from ..attacks.base import Attack, AttackResult
 
 #: Largest difference the copy may show on the probe batch, relative to the logits' (or gradients') scale.
 RTOL = 1e-3
-PROBE = 64
+#: Images of the batch the copy is validated on (also the largest chunk it can validate).
+PROBE = 256
+#: Target size of the largest activation of one chunk of images (a share of a CPU's cache).
+CHUNK_BYTES = 4 * 2**20
+
+
+class Chunked(nn.Module):
+    """``inner`` applied to chunks of at most ``chunk`` images, outputs concatenated (autograd
+    flows through each chunk's graph); the same function as ``inner`` for models that treat the
+    images of a batch independently, as eval-mode models do."""
+
+    def __init__(self, inner: nn.Module, chunk: int) -> None:
+        super().__init__()
+        self.inner, self.chunk = inner, int(chunk)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) <= self.chunk:
+            return self.inner(x)
+        return torch.cat([self.inner(c) for c in x.split(self.chunk)])
 
 
 @dataclass(frozen=True)
 class ModelCopies:
-    """The models an evaluation's attacks run on: ``folded`` is the original model where no
-    valid copy could be built."""
+    """The model an evaluation's attacks run on: ``attacked`` (the original where nothing
+    faster was valid), with ``folded`` BatchNorms and model calls in chunks of ``chunk`` images
+    (None: whole batches)."""
 
     original: nn.Module
-    folded: nn.Module
+    attacked: nn.Module
+    folded: bool = False
+    chunk: int | None = None
 
     def for_attack(self, attack: Attack) -> nn.Module:
         """The model ``attack`` runs on (the original for attacks that keep train mode)."""
-        return self.folded if attack.eval_mode else self.original
+        return self.attacked if attack.eval_mode else self.original
 
     def describe(self, attack: Attack) -> str:
         """What ``attack`` runs on, for the results: "" (the model itself), or the copy."""
         if self.for_attack(attack) is self.original:
             return ""
-        return "copy with BatchNorm folded into the layer before it; verdicts by the model"
+        parts = ["BatchNorm folded into the layer before it"] if self.folded else []
+        if self.chunk is not None:
+            parts.append(f"model calls in chunks of {self.chunk} images")
+        return "copy: " + ", ".join(parts) + "; verdicts by the model"
 
 
 _CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], ModelCopies]] = weakref.WeakKeyDictionary()
@@ -132,6 +163,39 @@ def _folded_copy(model: nn.Module, probe: torch.Tensor, logits: torch.Tensor) ->
         return None
 
 
+def peak_activation_bytes(model: nn.Module, probe: torch.Tensor) -> int:
+    """The largest output of any leaf module of ``model`` (or the input), in bytes per image, on
+    a few images of ``probe`` (the model is in eval mode, under no_grad)."""
+    x = probe[:4]
+    peak = [x[0].numel() * x.element_size()]
+
+    def hook(_module: nn.Module, _inputs: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor) and out.dim() > 0 and len(out) == len(x):
+            peak.append(out[0].numel() * out.element_size())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not any(True for _ in m.children())]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return max(peak)
+
+
+def _chunk_size(model: nn.Module, probe: torch.Tensor, logits: torch.Tensor) -> int | None:
+    """The chunk (images) whose largest activation fits :data:`CHUNK_BYTES`, if chunking the
+    probe gives the same logits; None when no chunk smaller than the probe would do."""
+    try:
+        chunk = max(8, CHUNK_BYTES // max(peak_activation_bytes(model, probe), 1))
+        if chunk >= len(probe):
+            return None
+        with torch.no_grad():
+            return chunk if _close(Chunked(model, chunk)(probe), logits) else None
+    except Exception:  # a model hooks or chunks cannot handle runs on whole batches
+        return None
+
+
 def model_copies(model: nn.Module, x: torch.Tensor, enabled: bool = True) -> ModelCopies:
     """The (cached) :class:`ModelCopies` of ``model``, validated on the first images of ``x``."""
     plain = ModelCopies(model, model)
@@ -148,7 +212,14 @@ def model_copies(model: nn.Module, x: torch.Tensor, enabled: bool = True) -> Mod
     with torch.no_grad(), model_guard(model):
         logits = model(probe)
         deterministic = torch.equal(logits, model(probe))
-    copies = ModelCopies(model, (_folded_copy(model, probe, logits) if deterministic else None) or model)
+    copies = plain
+    if deterministic:
+        folded = _folded_copy(model, probe, logits)
+        base = folded if folded is not None else model
+        with model_guard(base):
+            chunk = _chunk_size(base, probe, logits)
+        attacked = base if chunk is None else Chunked(base, chunk)
+        copies = ModelCopies(model, attacked, folded is not None, chunk)
     if _fingerprint(model) == key:  # building read the model; it must not have changed it
         _CACHE[model] = (key, copies)
     return copies
