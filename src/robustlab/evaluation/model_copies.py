@@ -44,6 +44,8 @@ from ..attacks.base import Attack, AttackResult
 
 #: Largest difference the copy may show on the probe batch, relative to the logits' (or gradients') scale.
 RTOL = 1e-3
+#: Largest relative L2 difference of the folded copy's input gradients on the probe batch.
+GRAD_RTOL = 1e-2
 #: Images of the batch the copy is validated on (also the largest chunk it can validate).
 PROBE = 256
 #: Target size of the largest activation of one chunk of images (a share of a CPU's cache).
@@ -104,6 +106,14 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return float((a - b).abs().max()) <= RTOL * max(float(b.abs().max()), 1e-6)
 
 
+def _close_gradients(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Input gradients agree in norm: a max-pool or ReLU tie that float rounding resolves the other
+    way sends a few entries elsewhere, so a per-entry bound would refuse the same function."""
+    if a.shape != b.shape or not bool(torch.isfinite(a).all()):
+        return False
+    return float((a - b).norm()) <= GRAD_RTOL * max(float(b.norm()), 1e-12)
+
+
 def _input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     z = x.detach().clone().requires_grad_(True)
     (g,) = torch.autograd.grad(F.cross_entropy(model(z), y), z)
@@ -158,7 +168,7 @@ def _folded_copy(model: nn.Module, probe: torch.Tensor, logits: torch.Tensor) ->
             g_ref = _input_grad(model, probe, y)
         with torch.no_grad():
             same_logits = _close(folded(probe), logits)
-        return folded if same_logits and _close(_input_grad(folded, probe, y), g_ref) else None
+        return folded if same_logits and _close_gradients(_input_grad(folded, probe, y), g_ref) else None
     except Exception:  # any model fx cannot trace or fold keeps the original
         return None
 
