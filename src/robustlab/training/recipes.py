@@ -4,7 +4,7 @@ A recipe is only flags (the ones a user could type); every flag given on the com
 overrides the recipe's value (``--defense-option`` merges key by key, the user's last). The zoo's
 models were trained with ``fmnist-standard``, ``fmnist-linf-0.1`` and ``fmnist-l2`` (measured
 numbers on their cards); ``fmnist-linf-0.1-pgd`` and ``fmnist-linf-0.1-trades-awp`` are the
-literature's alternatives, not yet measured here: PGD-AT with 5 steps (Madry et al. 2018), a one-cycle
+literature's alternatives, measured in docs/zoo.md: PGD-AT with 5 steps (Madry et al. 2018), a one-cycle
 learning rate (Smith & Topin 2019), an exponential moving average of the weights
 (Gowal et al. 2020) and the best epoch chosen on held-out training images (Rice et al. 2020).
 ``robustlab train --recipe list`` prints them all.
@@ -56,8 +56,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
            "et al. 2020) at train eps 0.125, BatchNorm, EMA of the weights, best epoch on 1,000 held-out training "
            "images; measured 86.35% clean, about 25 minutes on this 2-core CPU.",
            {**_COMMON, "--defense": "fast-at", "--norm": "linf", "--eps": 0.125, **_ROBUST, "--monitor-eps": 0.1}),
-    Recipe("fmnist-linf-0.1-pgd", "Fashion-MNIST, Linf eps 0.1: PGD-AT (5 steps), EMA, best held-out epoch "
-           "(about 2x fast-AT's time; not measured with EMA yet).",
+    Recipe("fmnist-linf-0.1-pgd", "Fashion-MNIST, Linf eps 0.1: PGD-AT (5 steps), BatchNorm, EMA, best held-out "
+           "epoch; measured 86.01% clean, AutoAttack 77.8% on 500 images (fast-AT: 76.0%), about 28 minutes on "
+           "one thread of this CPU.",
            {**_COMMON, "--defense": "pgd-at", "--norm": "linf", "--eps": 0.1, "--defense-option": ["steps=5"],
             **_ROBUST, "--monitor-eps": 0.1}),
     Recipe("fmnist-linf-0.1-trades-awp", "Fashion-MNIST, Linf eps 0.1: TRADES (beta 6, 5 steps) with adversarial "
