@@ -14,7 +14,9 @@ like-for-like comparison; the default runs torchattacks as a user gets it.
 The model: ``--run RUN`` (a robustlab run directory); without one, a small CNN is adversarially
 trained (``robustlab train --defense pgd-at --eps EPS --train-limit 10000 --epochs 2``) into
 ``--train-out``. Runs alternate robustlab, torchattacks, robustlab, ... for ``--repeats`` rounds
-(the machine may be shared: the median time is reported).
+(the machine may be shared: the median time is reported). On CPU robustlab's evaluation runs the
+model in cache-sized chunks of images (and with BatchNorm folded) and judges every example with
+the model itself (docs/evaluation.md, "Speed"); the last line says what it ran on.
 
     python benchmarks/autoattack_vs_torchattacks.py [--run RUN] [--n 1000] [--eps 0.1] [--repeats 1]
 """
@@ -134,6 +136,8 @@ def main() -> None:
     print("robustlab per attack (cumulative robust accuracy, seconds, settings):")
     for name, a in summary["attacks"].items():
         print(f"  {name:12s} {a['robust_accuracy']:.4f} {a['seconds']:8.1f} s  {a.get('settings', '')}")
+    copies = {a.get("model_copy", "") for a in summary["attacks"].values()}
+    print("robustlab ran the attacks on:", "; ".join(c or "the model itself" for c in sorted(copies)))
 
 
 if __name__ == "__main__":
