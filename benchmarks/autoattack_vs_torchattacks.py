@@ -89,6 +89,8 @@ def main() -> None:
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--norm", default="linf", choices=["linf", "l2"])
     p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--ta-batch-size", type=int, default=None,
+                   help="torchattacks' batch (default: --batch-size); a small one shows what chunking gives it")
     p.add_argument("--repeats", type=int, default=1, help="alternating rounds (median time reported)")
     p.add_argument("--ta-steps", type=int, default=None,
                    help="iterations of torchattacks' APGD/APGD-T/FAB (default: torchattacks' own, 10)")
@@ -114,11 +116,14 @@ def main() -> None:
     rl_robust = ta_robust = None
     summary: dict = {}
     ta_label = f"torchattacks AutoAttack standard ({'steps=' + str(args.ta_steps) if args.ta_steps else 'its default steps=10'})"
+    if args.ta_batch_size:
+        ta_label += f", batch {args.ta_batch_size}"
     for r in range(args.repeats):
         rl_robust, s, summary = run_robustlab(model, x, y, args.eps, args.norm, args.batch_size)
         rl_times.append(s)
         print(f"  round {r + 1}: robustlab --suite autoattack  robust {float(rl_robust.float().mean()):.4f}  {s:7.1f} s", flush=True)
-        ta_robust, s = run_torchattacks(model, x, y, args.eps, args.norm, args.batch_size, args.ta_steps)
+        ta_robust, s = run_torchattacks(model, x, y, args.eps, args.norm, args.ta_batch_size or args.batch_size,
+                                        args.ta_steps)
         ta_times.append(s)
         print(f"  round {r + 1}: {ta_label}  robust {float(ta_robust.float().mean()):.4f}  {s:7.1f} s", flush=True)
     assert rl_robust is not None and ta_robust is not None
