@@ -56,8 +56,9 @@ def project_l1_box(v: torch.Tensor, low: torch.Tensor, high: torch.Tensor, eps: 
     breakpoints ``|v_i| - c_i`` and ``|v_i|`` (Croce & Hein 2021, "Mind the box"). We find the
     root batched over rows in float64 with a safeguarded Newton iteration: the Newton point of
     the current linear piece is its exact root (so the iteration ends on the exact threshold
-    once it reaches the right piece, typically in under 10 steps), and a bisection of the
-    bracket replaces any Newton point that leaves it. On CPU this was about 4x faster than
+    once it reaches the right piece, typically in under 10 steps); a bisection of the bracket
+    replaces any Newton point not strictly inside it, and any step after which the bracket would
+    not have halved in two steps. On CPU this was about 4x faster than
     sorting the 2D breakpoints. No Python loop over samples; one host sync every 4 iterations.
     """
     if v.dim() != 2:
@@ -70,6 +71,7 @@ def project_l1_box(v: torch.Tensor, low: torch.Tensor, high: torch.Tensor, eps: 
     lam = a.new_zeros(n, 1)  # g(0) <= eps: lam stays 0 (the bracket collapses at once)
     lower = a.new_zeros(n, 1)  # g(lower) > eps, or lower = 0
     upper = a.amax(dim=1, keepdim=True)  # g(upper) = 0 <= eps
+    width_before = width_last = torch.full_like(upper, math.inf)  # the bracket's width 2 and 1 steps ago
     for it in range(1, _L1_MAX_ITER + 1):
         r = a - lam
         linear = ((r > 0) & (r < cap)).sum(dim=1, keepdim=True)  # minus the slope of g at lam
@@ -78,8 +80,16 @@ def project_l1_box(v: torch.Tensor, low: torch.Tensor, high: torch.Tensor, eps: 
         lower = torch.where(above, lam, lower)
         upper = torch.where(above, upper, lam)
         newton = lam + (g - eps) / linear.clamp_min(1)
-        use_newton = (linear > 0) & (newton >= lower) & (newton <= upper)
-        new = torch.where(use_newton, newton, 0.5 * (lower + upper))
+        # Newton only strictly inside the bracket, and a bisection wherever the bracket has not
+        # halved in two steps (unless Newton's step is already below the tolerance): a Newton
+        # point on a bracket end can cycle between the two ends (each the Newton point of the
+        # other, on pieces of different slopes). A row already on its root (g == eps) stays.
+        width = upper - lower
+        converging = (newton - lam).abs() <= 1e-12 * (1 + upper)
+        stalled = width > 0.5 * width_before
+        use_newton = (linear > 0) & (newton > lower) & (newton < upper) & (converging | ~stalled)
+        new = torch.where(g == eps, lam, torch.where(use_newton, newton, 0.5 * (lower + upper)))
+        width_before, width_last = width_last, width
         step = (new - lam).abs()
         lam = new
         if it % 4 == 0 and bool((step <= 1e-12 * (1 + upper)).all()):
