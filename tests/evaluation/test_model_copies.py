@@ -136,6 +136,13 @@ def test_model_calls_are_cut_into_cache_sized_chunks_that_give_the_same_logits()
     assert model_copies(coupled, x).attacked is coupled, "a batch-coupled model must see whole batches"
 
 
+def test_a_probe_too_small_to_try_a_chunk_is_not_the_last_word():
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 10, 1).eval()
+    assert model_copies(model, torch.rand(30, 1, 28, 28)).chunk is None  # 30 images: nothing to cut
+    assert model_copies(model, torch.rand(300, 1, 28, 28)).chunk == CHUNK_BYTES // (32 * 28 * 28 * 4)
+
+
 @pytest.mark.parametrize("wrap", [_Noisy, _Branchy, lambda m: nn.Sequential(nn.Flatten(), nn.Linear(64, 10))],
                          ids=["randomised", "control-flow", "no-batchnorm"])
 def test_no_copy_where_it_would_not_be_the_same_function_or_would_not_help(wrap, bn_model, digits):

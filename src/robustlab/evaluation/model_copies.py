@@ -230,7 +230,9 @@ def model_copies(model: nn.Module, x: torch.Tensor, enabled: bool = True) -> Mod
             chunk = _chunk_size(base, probe, logits)
         attacked = base if chunk is None else Chunked(base, chunk)
         copies = ModelCopies(model, attacked, folded is not None, chunk)
-    if _fingerprint(model) == key:  # building read the model; it must not have changed it
+    # Building read the model; it must not have changed it. A small probe could not try a chunk
+    # size, so that answer is not kept for larger data.
+    if _fingerprint(model) == key and (copies.chunk is not None or len(probe) == PROBE or not deterministic):
         _CACHE[model] = (key, copies)
     return copies
 
