@@ -193,17 +193,18 @@ def peak_activation_bytes(model: nn.Module, probe: torch.Tensor) -> int:
     return max(peak)
 
 
-def _chunk_size(model: nn.Module, probe: torch.Tensor, logits: torch.Tensor) -> int | None:
+def _chunk_size(model: nn.Module, probe: torch.Tensor, logits: torch.Tensor) -> tuple[int | None, bool]:
     """The chunk (images) whose largest activation fits :data:`CHUNK_BYTES`, if chunking the
-    probe gives the same logits; None when no chunk smaller than the probe would do."""
+    probe gives the same logits, else None; and whether that is final (False: the probe was too
+    small to try a chunk that a full :data:`PROBE` could try)."""
     try:
         chunk = max(8, CHUNK_BYTES // max(peak_activation_bytes(model, probe), 1))
         if chunk >= len(probe):
-            return None
+            return None, chunk >= PROBE or len(probe) >= PROBE
         with torch.no_grad():
-            return chunk if _close(Chunked(model, chunk)(probe), logits) else None
+            return (chunk if _close(Chunked(model, chunk)(probe), logits) else None), True
     except Exception:  # a model hooks or chunks cannot handle runs on whole batches
-        return None
+        return None, True
 
 
 def model_copies(model: nn.Module, x: torch.Tensor, enabled: bool = True) -> ModelCopies:
@@ -222,17 +223,17 @@ def model_copies(model: nn.Module, x: torch.Tensor, enabled: bool = True) -> Mod
     with torch.no_grad(), model_guard(model):
         logits = model(probe)
         deterministic = torch.equal(logits, model(probe))
-    copies = plain
+    copies, final = plain, True
     if deterministic:
         folded = _folded_copy(model, probe, logits)
         base = folded if folded is not None else model
         with model_guard(base):
-            chunk = _chunk_size(base, probe, logits)
+            chunk, final = _chunk_size(base, probe, logits)
         attacked = base if chunk is None else Chunked(base, chunk)
         copies = ModelCopies(model, attacked, folded is not None, chunk)
-    # Building read the model; it must not have changed it. A small probe could not try a chunk
-    # size, so that answer is not kept for larger data.
-    if _fingerprint(model) == key and (copies.chunk is not None or len(probe) == PROBE or not deterministic):
+    # Building read the model; it must not have changed it. An answer from a probe too small to
+    # try the chunk size is not kept for larger data.
+    if _fingerprint(model) == key and final:
         _CACHE[model] = (key, copies)
     return copies
 
