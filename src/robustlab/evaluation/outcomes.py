@@ -117,7 +117,7 @@ def run_attack(
     examples = torch.zeros_like(x) if keep_examples else None
     t0 = time.perf_counter()
     starts = list(range(0, len(idx), batch_size))[rank::world]
-    fast = model_copies(model, x[idx[:PROBE]], enabled=copies and len(idx) > 0)  # a probe, not a copy of the data
+    fast = model_copies(model, x[idx[:PROBE]], enabled=copies)  # a probe, not a copy of the data
     for i in bar(starts, desc=attack.name, unit="batch", enabled=progress and rank == 0):
         b = idx[i : i + batch_size]
         res = run_on_copy(fast, attack, x[b], y[b], b + first_index)
