@@ -92,7 +92,7 @@ def _ddp(out: Path) -> None:
     res = train(model, build_objective("pgd-at", eps=0.1, steps=3), (xtr, ytr), (xte, yte), cfg, run_dir=out / "run")
     save_file({k: v.contiguous() for k, v in unwrap(model).state_dict().items()}, str(out / f"rank{rank}.safetensors"))
     (out / f"rank{rank}.json").write_text(json.dumps({"world": world, "history": res.history}))
-    shutdown()
+    shutdown(wait=True)  # every rank done writing before any tears down gloo (an early one aborts at exit)
 
 
 if __name__ == "__main__":
