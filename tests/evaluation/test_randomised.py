@@ -131,6 +131,26 @@ def test_eot_pgd_is_stronger_on_a_noisy_model(digits_model, digits):
     assert eot <= plain - 0.03, (plain, eot)
 
 
+def test_eot_apgd_attacks_samples_whose_average_is_already_wrong(digits_model, digits):
+    """A randomised model's average prediction can be wrong where single draws are still often right:
+    under EOT APGD must attack those samples too, not return them untouched as already broken.
+    Samples whose accuracy over 400 draws is 10-50% (the average prediction is then wrong);
+    each must move, and their accuracy over fresh draws must fall."""
+    _, _, x, y = digits
+    model = InputNoise(digits_model, sd=0.5).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        acc = torch.stack([(model(x).argmax(1) == y).float() for _ in range(400)]).mean(0)
+    pick = ((acc >= 0.1) & (acc <= 0.5)).nonzero().flatten()
+    assert len(pick) >= 10, len(pick)
+    xs, ys = x[pick], y[pick]
+    x_adv = APGD(LINF, steps=10, seed=0, eot=20)(model, xs, ys)
+    assert ((x_adv - xs).flatten(1).abs().amax(1) > 0).all()
+    torch.manual_seed(1)
+    before, after = expected_accuracy(model, xs, ys, draws=100), expected_accuracy(model, x_adv, ys, draws=100)
+    assert after <= before - 0.1, (before, after)
+
+
 # --- the randomisation check -----------------------------------------------------------------
 def test_check_passes_a_deterministic_model_even_with_dropout_in_train_mode(digits_model, digits):
     _, _, x, _ = digits
