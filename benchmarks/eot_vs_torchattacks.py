@@ -7,17 +7,23 @@ forward, in eval mode too (the issue's randomised defense), fast-adversarially t
 defenses). ``--model PATH`` loads a robustlab model or run directory (e.g. the demo's fast-AT
 run) and puts the noise in front of it instead.
 
-Every attack gets the same images and Linf eps. Their examples are judged the same way: the
-accuracy of the noisy model on them, averaged over ``--judge-draws`` fresh noise draws (the
-expected single-draw accuracy; lower = stronger attack), with its standard error over draws.
+Every attack gets the same images and Linf eps. Their examples are judged two ways, with the same
+``--judge-draws`` fresh noise draws for every attack (lower = stronger attack):
+
+- **expected accuracy**: the noisy model's accuracy on the examples averaged over the draws (the
+  accuracy of the deployed model, one draw per query), with its standard error over draws;
+- **average-prediction robust accuracy**: a sample counts as robust when the prediction averaged
+  over the draws is right at every example the attack tried on it -- how ``robustlab evaluate``
+  judges an EOT attack (with 20 draws), and for a suite the per-sample worst case over its attacks.
 
 =====================  ==========================================================================
 pgd                    robustlab PGD, 50 steps of 2.5 eps / 50, random start, one draw per gradient
 pgd-eot20              the same with eot=20
 autoattack-rand        robustlab's suite: APGD-CE then APGD-DLR on the samples APGD-CE left
                        (100 steps, 1 restart, EOT 20 each, as AutoAttack's version='rand');
-                       per sample APGD-CE's example where it succeeded, else APGD-DLR's (early
-                       stop is off under EOT)
+                       per sample the example of the first attack that broke it (by its own
+                       EOT-averaged prediction), else APGD-CE's (the expected-loss maximiser;
+                       ``--rand-fallback dlr`` takes APGD-DLR's instead)
 torchattacks EOTPGD    eot_iter=20, 50 steps of alpha = 2.5 eps / 50, random start
 =====================  ==========================================================================
 
@@ -26,7 +32,7 @@ Default run: 200 test images; the attacks cost about 6,000 forward+backward pass
 24 s, PGD eot=20 385 s, autoattack-rand 800 s -- far over 5 minutes there; use ``--n 50`` or a GPU
 for a quick look. Usage:
     python benchmarks/eot_vs_torchattacks.py [--n 200] [--dataset fashion-mnist|digits] [--eps 0.1] [--sd 0.3] [--model PATH]
-        [--device cpu|cuda] [--threads 2] [--seed 0]           (needs torchattacks)
+        [--device cpu|cuda] [--threads 2] [--seed 0] [--rand-fallback ce|dlr]   (needs torchattacks)
 """
 
 from __future__ import annotations
@@ -72,13 +78,25 @@ def fast_at_model(device: torch.device, eps: float, sd: float, train_limit: int,
     return model.eval()
 
 
-def judged(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, draws: int) -> tuple[float, float]:
-    """Accuracy averaged over ``draws`` noise draws, and its standard error over draws."""
+def judged(model: nn.Module, y: torch.Tensor, draws: int, *examples: torch.Tensor) -> tuple[float, float, float]:
+    """On ``examples[0]``: accuracy averaged over ``draws`` noise draws and its standard error over
+    draws; and the fraction of samples whose prediction averaged over the same draws is right at
+    every one of ``examples`` (the per-sample worst case of the average prediction)."""
+    accs: list[float] = []
+    mean_logits = []
     with torch.no_grad():
-        accs = [float((model(x_adv).argmax(1) == y).float().mean()) for _ in range(draws)]
+        for j, x_adv in enumerate(examples):  # examples[0] first: every row's draws then match
+            total = torch.zeros(())
+            for _ in range(draws):
+                logits = model(x_adv)
+                total = total + logits
+                if j == 0:
+                    accs.append(float((logits.argmax(1) == y).float().mean()))
+            mean_logits.append(total)
     mean = sum(accs) / draws
     sd = math.sqrt(sum((a - mean) ** 2 for a in accs) / max(draws - 1, 1))
-    return mean, sd / math.sqrt(draws)
+    robust = torch.stack([m.argmax(1) == y for m in mean_logits]).all(0)
+    return mean, sd / math.sqrt(draws), float(robust.float().mean())
 
 
 def main() -> None:
@@ -96,6 +114,8 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rand-fallback", choices=("ce", "dlr"), default="ce",
+                   help="autoattack-rand's example for samples neither attack broke (default ce)")
     args = p.parse_args()
     import torchattacks
 
@@ -120,15 +140,20 @@ def main() -> None:
     def pgd(eot: int):
         return lambda: PGD(threat, steps=args.steps, step_size=step, seed=args.seed, eot=eot)(model, x, y)
 
-    def autoattack_rand() -> torch.Tensor:
+    def autoattack_rand() -> list[torch.Tensor]:
         ce, dlr = build_suite("autoattack-rand", threat)
         ce.early_stop = dlr.early_stop = True  # as evaluate() runs a suite (ignored under EOT)
         first = ce.run(model, x, y)
-        x_adv = first.x_adv.clone()
+        x_adv, tried = first.x_adv.clone(), [first.x_adv]
         left = (~first.success).nonzero().flatten()
         if left.numel():
-            x_adv[left] = dlr(model, x[left], y[left])
-        return x_adv
+            second = dlr.run(model, x[left], y[left])
+            use = second.success if args.rand_fallback == "ce" else torch.ones_like(second.success)
+            x_adv[left[use]] = second.x_adv[use]
+            dlr_examples = first.x_adv.clone()  # samples APGD-CE broke: only its example was tried
+            dlr_examples[left] = second.x_adv
+            tried.append(dlr_examples)
+        return [x_adv, *tried]
 
     def eotpgd() -> torch.Tensor:
         atk = torchattacks.EOTPGD(model, eps=args.eps, alpha=step, steps=args.steps, eot_iter=args.eot,
@@ -145,22 +170,23 @@ def main() -> None:
     print(f"{len(y)} {args.dataset} test images, Linf eps={args.eps:g}; PGD/EOTPGD {args.steps} steps of {step:.4g}; "
           f"accuracy averaged over {args.judge_draws} noise draws; device {dev}, {args.threads} threads")
     torch.manual_seed(args.seed + 1000)
-    clean, clean_se = judged(model, x, y, args.judge_draws)
-    print(f"{'attack':<34} {'robust acc':>10} {'+-se':>6} {'seconds':>8}")
-    print(f"{'(clean)':<34} {100 * clean:>9.1f}% {100 * clean_se:>5.1f}  {'':>8}")
+    clean, clean_se, clean_avg = judged(model, y, args.judge_draws, x)
+    print(f"{'attack':<34} {'expected acc':>12} {'+-se':>6} {'avg-pred robust':>15} {'seconds':>8}")
+    print(f"{'(clean)':<34} {100 * clean:>11.1f}% {100 * clean_se:>5.1f}  {100 * clean_avg:>14.1f}% {'':>8}")
     for name, make in rows:
         torch.manual_seed(args.seed)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        x_adv = make()
+        out = make()
+        examples = out if isinstance(out, list) else [out]
         if dev.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t
-        assert float((x_adv - x).abs().max()) <= args.eps + 1e-6
+        assert all(float((e - x).abs().max()) <= args.eps + 1e-6 for e in examples)
         torch.manual_seed(args.seed + 1000)  # the same judging draws for every attack
-        acc, se = judged(model, x_adv, y, args.judge_draws)
-        print(f"{name:<34} {100 * acc:>9.1f}% {100 * se:>5.1f}  {seconds:>8.1f}", flush=True)
+        acc, se, avg = judged(model, y, args.judge_draws, *examples)
+        print(f"{name:<34} {100 * acc:>11.1f}% {100 * se:>5.1f}  {100 * avg:>14.1f}% {seconds:>8.1f}", flush=True)
 
 
 if __name__ == "__main__":

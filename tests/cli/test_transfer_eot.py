@@ -187,3 +187,24 @@ def test_eot_reaches_every_gradient_attack_of_a_suite_and_the_attack_command(jit
     assert res.exit_code == 0, (res.output, res.exception)
     summary = json.loads((tmp_path / "adv" / "summary.json").read_text())
     assert summary["eot"] == 4 and summary["options"]["eot"] == 4 and "eot=4" in summary["attack"]
+
+
+def test_eot_evaluation_also_reports_the_one_draw_robust_accuracy(jitter, tmp_path):
+    """With EOT the verdicts are the averaged predictions'; the document adds the randomised model's
+    accuracy as deployed (one draw per query) on the same examples, per attack and per sample."""
+    out = tmp_path / "e"
+    doc = ok("evaluate", *jitter_args(jitter), "--attacks", "pgd", "--steps", 5, "--n", 60, "--eps", 0.1, "--eot", 5,
+             "--out", out)
+    full = json.loads((out / "evaluation.json").read_text())
+    per = full["per_sample"]["expected_robust"]
+    assert len(per) == 60 and all(0.0 <= v <= 1.0 for v in per)
+    assert all(v == 0.0 for v, c in zip(per, full["per_sample"]["clean_correct"]) if not c)
+    assert doc["expected_robust_accuracy"] == pytest.approx(sum(per) / 60, abs=1e-3)
+    assert "expected_accuracy" in doc["attacks"]["pgd"]
+    plain = ok("evaluate", *jitter_args(jitter), "--attacks", "pgd", "--steps", 5, "--n", 60, "--eps", 0.1,
+               "--out", tmp_path / "p")
+    assert "expected_robust_accuracy" not in plain and "expected_accuracy" not in plain["attacks"]["pgd"]
+    text = cli("evaluate", *jitter_args(jitter), "--attacks", "pgd", "--steps", 2, "--n", 20, "--eot", 2, "--quiet",
+               "--device", "cpu", "--out", tmp_path / "t")
+    assert text.exit_code == 0, (text.output, text.exception)
+    assert "one draw/query" in text.stdout

@@ -151,6 +151,59 @@ def test_eot_apgd_attacks_samples_whose_average_is_already_wrong(digits_model, d
     assert after <= before - 0.1, (before, after)
 
 
+def test_one_draw_accuracy_on_a_deterministic_model_is_the_verdict(digits_model, digits):
+    """A deterministic model gives every draw the same answer: the one-draw robust accuracy is then
+    exactly the robust accuracy, per sample, whether the data come as tensors or as a stream,
+    in cascade or not, and after merging two halves."""
+    from torch.utils.data import TensorDataset
+
+    from robustlab.evaluation import EvaluationResult
+
+    _, _, x, y = digits
+    x, y = x[:60], y[:60]
+    for cascade in (True, False):
+        attacks = [PGD(LINF, steps=3, seed=0, eot=2), APGD(LINF, steps=3, seed=1, eot=2)]
+        res = evaluate(digits_model, x, y, LINF, attacks, cascade=cascade, batch_size=25)
+        assert torch.equal(res.expected_robust, res.robust.float())
+        assert res.expected_robust_accuracy == res.robust_accuracy
+        for o in res.outcomes:
+            assert torch.isnan(o.expected[~o.attacked]).all()
+            assert torch.equal(o.expected[o.attacked], o.robust[o.attacked].float())
+        stream = evaluate(digits_model, TensorDataset(x, y), None, LINF, attacks, cascade=cascade, batch_size=25)
+        assert torch.equal(stream.expected_robust, res.expected_robust)
+    halves = [evaluate(digits_model, x[i:i + 30], y[i:i + 30], LINF, [PGD(LINF, steps=3, seed=0, eot=2)]) for i in (0, 30)]
+    merged = EvaluationResult.merge(*halves)
+    assert torch.equal(merged.expected_robust, merged.robust.float())
+    assert evaluate(digits_model, x, y, LINF, [PGD(LINF, steps=3, seed=0)]).expected_robust is None  # no EOT, no field
+
+
+def test_one_draw_accuracy_of_a_randomised_model_matches_an_independent_estimate(digits_model, digits):
+    """Each attack's per-sample fraction (20 draws) against 400 fresh draws on its kept examples (a
+    binomial over 20 draws errs by about 0.09 per sample near p = 0.5, its mean over some 70 samples
+    by about 0.013); and the evaluation's one-draw figure is the per-sample minimum over the attacks
+    that ran."""
+    from robustlab.evaluation import run_attack
+
+    _, _, x, y = digits
+    x, y = x[:80], y[:80]
+    model = InputNoise(digits_model).eval()
+    torch.manual_seed(0)
+    out = run_attack(model, x, y, APGD(LINF, steps=5, seed=0, eot=20), keep_examples=True)
+    a = out.attacked
+    assert a.sum() >= 40
+    torch.manual_seed(1)
+    independent = torch.stack([(model(out.examples[a]).argmax(1) == y[a]).float() for _ in range(400)]).mean(0)
+    assert float((out.expected[a] - independent).abs().mean()) < 0.13
+    assert abs(float(out.expected[a].mean() - independent.mean())) < 0.04
+    res = evaluate(model, x, y, LINF, build_suite("autoattack-rand", LINF, scale=0.05))
+    first, second = res.outcomes
+    ran_both = second.attacked
+    want = torch.where(ran_both, torch.minimum(first.expected, second.expected), first.expected)
+    want = torch.where(res.clean_correct, torch.nan_to_num(want, nan=0.0), torch.zeros_like(want))
+    assert torch.allclose(res.expected_robust, want)
+    assert res.to_dict()["expected_robust_accuracy"] == pytest.approx(float(want.mean()))
+
+
 # --- the randomisation check -----------------------------------------------------------------
 def test_check_passes_a_deterministic_model_even_with_dropout_in_train_mode(digits_model, digits):
     _, _, x, _ = digits

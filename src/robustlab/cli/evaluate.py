@@ -191,8 +191,8 @@ def evaluate(run, out, save_adversarial, attack_names, suite, eps_text, norm, st
 def _print_document(doc: dict[str, Any]) -> None:
     """The table ``evaluate --out`` prints (without --json)."""
     flat: dict[str, Any] = {"evaluated_samples": doc["n"], "evaluation_clean_accuracy": doc["clean_accuracy"], **{
-        k: doc[k] for k in ("eot", "per_attack", "robust_accuracy", "iterations_curve", "iterations_attack", "corruptions",
-                            "mean_corruption_accuracy", "checks") if k in doc}}
+        k: doc[k] for k in ("eot", "per_attack", "robust_accuracy", "expected_robust_accuracy", "iterations_curve",
+                            "iterations_attack", "corruptions", "mean_corruption_accuracy", "checks") if k in doc}}
     threat = doc.get("threat") or {}
     _print_metrics({**flat, "eps": threat.get("eps", 0.0)}, threat.get("norm", ""))
     if "adversarial" in doc:
@@ -207,6 +207,9 @@ def _print_metrics(metrics: dict[str, Any], norm: str) -> None:
             click.echo(f"{name:<16} {acc:.4f}")
         eot = f", EOT {metrics['eot']} draws" if metrics.get("eot") else ""
         click.echo(f"robust (worst)   {metrics['robust_accuracy']:.4f}  at {norm} eps={metrics['eps']:g}{eot}")
+        if metrics.get("expected_robust_accuracy") is not None:
+            click.echo(f"one draw/query   {metrics['expected_robust_accuracy']:.4f}  (a randomised model as deployed: "
+                       "each worst example judged by single forward passes)")
     if metrics.get("iterations_curve"):
         click.echo(f"robust accuracy vs iterations ({metrics['iterations_attack']}): " + ", ".join(
             f"{c['steps']}: {c['robust_accuracy']:.4f}" for c in metrics["iterations_curve"]))

@@ -35,6 +35,9 @@ class AttackOutcome:
     attacked sample (zeros elsewhere), on the CPU; None otherwise. ``model_copy``: "" when the
     attack ran on the model itself, else which faster copy it ran on
     (:mod:`~robustlab.evaluation.model_copies`; the verdicts are the model's own either way).
+    ``expected``: only for an attack that averages over draws of a randomised model (``eot > 1``):
+    per attacked sample the fraction of ``eot`` fresh forward passes that classify the attack's
+    example correctly (NaN where not attacked) -- the model as deployed, one draw per query.
     """
 
     name: str
@@ -45,6 +48,7 @@ class AttackOutcome:
     settings: str = ""
     examples: torch.Tensor | None = None
     model_copy: str = ""
+    expected: torch.Tensor | None = None
 
     def summary(self, clean_correct: torch.Tensor) -> dict[str, Any]:
         """The attack's JSON summary: robust accuracy, success rate on the clean-correct attacked samples,
@@ -62,6 +66,9 @@ class AttackOutcome:
             out["settings"] = self.settings
         if self.model_copy:
             out["model_copy"] = self.model_copy
+        if self.expected is not None:
+            per = torch.where(self.attacked, self.expected, clean_correct.to(self.expected.dtype))
+            out["expected_accuracy"] = float(per.mean()) if n else 0.0
         for k, v in self.norms.items():
             sel = v[fooled] if fooled.any() else v[:0]
             out[f"mean_{k}"] = float(sel.mean()) if len(sel) else 0.0
@@ -115,6 +122,7 @@ def run_attack(
     broken = torch.zeros(n, device=x.device)
     norms = {k: torch.zeros(n, device=x.device) for k in ("l1", "l2", "linf")}
     examples = torch.zeros_like(x) if keep_examples else None
+    expected = torch.zeros(n, device=x.device) if attack.eot > 1 else None
     t0 = time.perf_counter()
     starts = list(range(0, len(idx), batch_size))[rank::world]
     fast = model_copies(model, x[idx[:PROBE]], enabled=copies)  # a probe, not a copy of the data
@@ -122,6 +130,8 @@ def run_attack(
         b = idx[i : i + batch_size]
         res = run_on_copy(fast, attack, x[b], y[b], b + first_index)
         broken[b] = res.success.to(broken.dtype)
+        if expected is not None:
+            expected[b] = correct_fraction(model, res.x_adv, y[b], attack.eot, batch_size).to(expected.dtype)
         if examples is not None:
             examples[b] = res.x_adv.to(examples.dtype)
         for k, v in _norms(res.x_adv - x[b]).items():
@@ -129,12 +139,24 @@ def run_attack(
     if world > 1:
         import torch.distributed as dist
 
-        for t in (broken, *norms.values(), *([] if examples is None else [examples])):
+        for t in (broken, *norms.values(), *(t for t in (examples, expected) if t is not None)):
             dist.all_reduce(t)  # each sample was filled by exactly one rank, zeros elsewhere
     robust &= broken == 0
+    if expected is not None:
+        expected = torch.where(sel, expected, torch.full_like(expected, float("nan"))).cpu()
     return AttackOutcome(attack.name, robust.cpu(), sel.cpu(), {k: v.cpu() for k, v in norms.items()},
                          time.perf_counter() - t0, repr(attack), None if examples is None else examples.cpu(),
-                         fast.describe(attack))
+                         fast.describe(attack), expected)
+
+
+def correct_fraction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int, batch_size: int = 500) -> torch.Tensor:
+    """Per sample the fraction of ``draws`` forward passes (eval mode) that classify ``x`` as ``y``: a
+    randomised model's probability of being right, one draw per query (1 or 0 for a deterministic one)."""
+    hits = torch.zeros(len(x), device=x.device)
+    with torch.no_grad():
+        for _ in range(draws):
+            hits += (predict(model, x, batch_size) == y).to(hits.dtype)
+    return hits / draws
 
 
 def keep_first_breaks(worst: torch.Tensor | None, unbroken: torch.Tensor, robust: torch.Tensor,
@@ -187,6 +209,27 @@ class EvaluationResult:
         return int(self.robust.sum()) / max(self.n, 1)
 
     @property
+    def expected_robust(self) -> torch.Tensor | None:
+        """For a randomised model (some attack with ``eot > 1``), per sample the probability that one
+        draw of the model classifies the sample's worst example correctly: the minimum over the
+        attacks that ran on it of their ``expected`` fraction (an attack without it counts 1 or 0,
+        its verdict); 0 where the clean prediction was wrong. None when no attack averaged draws."""
+        if all(o.expected is None for o in self.outcomes):
+            return None
+        worst = self.clean_correct.to(torch.float32)
+        for o in self.outcomes:
+            mine = o.robust.to(worst.dtype) if o.expected is None else o.expected.to(worst.dtype)
+            worst = torch.where(o.attacked, torch.minimum(worst, mine), worst)
+        return worst
+
+    @property
+    def expected_robust_accuracy(self) -> float | None:
+        """Mean of :attr:`expected_robust`: the robust accuracy of a randomised model as deployed (one
+        draw per query), where ``robust_accuracy`` judges by the attacks' averaged predictions."""
+        e = self.expected_robust
+        return None if e is None else float(e.sum()) / max(self.n, 1)
+
+    @property
     def per_attack(self) -> dict[str, float]:
         """Robust accuracy per attack name: cumulative in ``cascade`` mode, each attack's own otherwise."""
         return {o.name: int(o.robust.sum()) / max(self.n, 1) for o in self.outcomes}
@@ -200,6 +243,7 @@ class EvaluationResult:
             "n": self.n,
             "clean_accuracy": self.clean_accuracy,
             "robust_accuracy": self.robust_accuracy,
+            **({} if (e := self.expected_robust_accuracy) is None else {"expected_robust_accuracy": e}),
             "per_attack": self.per_attack,
             "per_attack_mode": "cumulative" if self.cascade else "independent",
             "attacks": {o.name: o.summary(self.clean_correct) for o in self.outcomes},
@@ -212,6 +256,8 @@ class EvaluationResult:
                 "robust": self.robust.int().tolist(),
                 **{f"robust_{o.name}": o.robust.int().tolist() for o in self.outcomes},
             }
+            if (er := self.expected_robust) is not None:
+                d["per_sample"]["expected_robust"] = [round(v, 4) for v in er.tolist()]
         return d
 
     @classmethod
@@ -240,11 +286,13 @@ class EvaluationResult:
         for k, o in enumerate(first.outcomes):
             same = [p.outcomes[k] for p in parts]
             examples = [s.examples for s in same if s.examples is not None]
+            expected = [s.expected for s in same if s.expected is not None]
             outcomes.append(AttackOutcome(
                 o.name, torch.cat([s.robust for s in same]), torch.cat([s.attacked for s in same]),
                 {n: torch.cat([s.norms[n] for s in same]) for n in o.norms}, sum(s.seconds for s in same), o.settings,
                 torch.cat(examples) if len(examples) == len(same) else None,
-                "; ".join(dict.fromkeys(s.model_copy for s in same if s.model_copy))))
+                "; ".join(dict.fromkeys(s.model_copy for s in same if s.model_copy)),
+                torch.cat(expected) if len(expected) == len(same) else None))
         adv = [p.adversarial for p in parts if p.adversarial is not None]
         extra = {k: v for k, v in first.extra.items() if all(p.extra.get(k) == v for p in parts)}
         return cls(first.threat, sum(p.n for p in parts), torch.cat([p.clean_correct for p in parts]), outcomes,
@@ -257,5 +305,5 @@ class EvaluationResult:
 
 
 
-__all__ = ["SCHEMA_VERSION", "AttackOutcome", "EvaluationResult", "clean_accuracy", "keep_first_breaks", "predict",
-           "run_attack"]
+__all__ = ["SCHEMA_VERSION", "AttackOutcome", "EvaluationResult", "clean_accuracy", "correct_fraction", "keep_first_breaks",
+           "predict", "run_attack"]

@@ -26,7 +26,7 @@ from ..progress import bar as progress_bar
 from ..threat import ThreatModel
 from ..validation import check_images, check_labels
 from .model_copies import ModelCopies, model_copies, run_on_copy
-from .outcomes import AttackOutcome, _norms, keep_first_breaks
+from .outcomes import AttackOutcome, _norms, correct_fraction, keep_first_breaks
 
 
 def is_stream(data: object) -> bool:
@@ -91,7 +91,8 @@ class _Stage:
         self.y: list[torch.Tensor] = []
         self.held = 0
         self.seconds = 0.0
-        self.done: list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]] = []
+        self.done: list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None,
+                              torch.Tensor | None]] = []
 
     def feed(self, idx: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Add samples; attack every full batch. Returns the survivors (index, x, y) of those batches."""
@@ -117,10 +118,12 @@ class _Stage:
         if self.fast is None:
             self.fast = model_copies(self.model, x, enabled=self.copies)
         res = run_on_copy(self.fast, self.attack, x, y, idx.to(x.device) + self.first_index)
+        expected = (correct_fraction(self.model, res.x_adv, y, self.attack.eot, self.batch_size).cpu()
+                    if self.attack.eot > 1 else None)
         self.seconds += time.perf_counter() - t0
         broken = res.success.bool()
         norms = {n: v.cpu() for n, v in _norms(res.x_adv - x).items()}
-        self.done.append((idx.cpu(), broken.cpu(), norms, res.x_adv.cpu() if self.keep else None))
+        self.done.append((idx.cpu(), broken.cpu(), norms, res.x_adv.cpu() if self.keep else None, expected))
         alive = ~broken
         return idx[alive.cpu()], x[alive], y[alive]
 
@@ -132,8 +135,11 @@ class _Stage:
         broken = torch.zeros(n, dtype=torch.bool)
         norms = {k: torch.zeros(n) for k in ("l1", "l2", "linf")}
         examples = torch.zeros((n, *shape), dtype=dtype) if self.keep else None
-        for idx, b, nm, xa in self.done:
+        expected = torch.full((n,), float("nan")) if self.attack.eot > 1 else None
+        for idx, b, nm, xa, ex in self.done:
             attacked[idx] = True
+            if expected is not None and ex is not None:
+                expected[idx] = ex.to(expected.dtype)
             broken[idx] = b
             for k, v in nm.items():
                 norms[k][idx] = v.to(norms[k].dtype)
@@ -141,8 +147,8 @@ class _Stage:
                 examples[idx] = xa.to(dtype)
         robust = clean_correct & ~broken
         copy_used = "" if self.fast is None else self.fast.describe(self.attack)
-        return (AttackOutcome(self.attack.name, robust, attacked, norms, self.seconds, repr(self.attack), None, copy_used),
-                examples)
+        return (AttackOutcome(self.attack.name, robust, attacked, norms, self.seconds, repr(self.attack), None, copy_used,
+                              expected), examples)
 
 
 def stream_outcomes(

@@ -36,7 +36,8 @@ from .train import resolve_device
 # metrics.json keys an evaluation writes (and the next evaluation removes before writing its own)
 EVALUATION_KEYS = ("evaluated_samples", "evaluation_clean_accuracy", "robust_accuracy", "per_attack", "eps", "norm",
                    "suite", "evaluation", "eps_curve", "checks", "iterations_curve", "iterations_attack", "corruptions",
-                   "corruptions_n", "mean_corruption_accuracy", "evaluate_seconds", "evaluation_keys", "eot", "surrogates")
+                   "corruptions_n", "mean_corruption_accuracy", "evaluate_seconds", "evaluation_keys", "eot", "surrogates",
+                   "expected_robust_accuracy")
 
 
 #: Models an attack needs from outside (its constructor option -> how the CLI takes it).
@@ -265,7 +266,8 @@ def evaluate_run(
             curve.append({"eps": eps_value, "robust_accuracy": res.robust_accuracy, "per_attack": res.per_attack,
                           "result": res})
         head = curve[0]["result"]  # the first eps is the headline budget; the rest make the curve
-        metrics.update({"robust_accuracy": head.robust_accuracy, "per_attack": head.per_attack,
+        metrics.update({"robust_accuracy": head.robust_accuracy, "expected_robust_accuracy": head.expected_robust_accuracy,
+                        "per_attack": head.per_attack,
                         "eps": eps_values[0], "norm": norm, "suite": suite, "evaluation": head.to_dict(per_sample=False),
                         "checks": head.checks or None})
         if len(curve) > 1:
