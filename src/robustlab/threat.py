@@ -3,8 +3,12 @@
 One immutable value object (norm, eps, bounds) used by every attack, every defense and every
 evaluation, so that "robust at eps 0.1" always means the same set of inputs.
 
-Norms: Linf, L2 and L1. For L1 the projection is the exact Euclidean projection onto the L1 ball
-intersected with the box (:func:`project_l1_box`), as in Croce & Hein 2021 ("Mind the box").
+Norms: Linf, L2, L1 and L0. For L1 the projection is the exact Euclidean projection onto the L1
+ball intersected with the box (:func:`project_l1_box`), as in Croce & Hein 2021 ("Mind the box").
+L0 counts changed *pixels* (a pixel of an ``(N, C, H, W)`` batch is changed when any of its
+channels is; for other shapes every coordinate is a pixel), so ``eps`` is a whole number of
+pixels; its projection (:func:`project_l0_box`) is exact too. L0 has no gradient step: only
+attacks that search over pixel sets support it (Sparse-RS).
 """
 
 from __future__ import annotations
@@ -18,25 +22,53 @@ import torch
 from . import _rng
 from ._torch import per_sample
 
-Norm = Literal["linf", "l2", "l1"]
-NORMS: tuple[str, ...] = ("linf", "l2", "l1")
+Norm = Literal["linf", "l2", "l1", "l0"]
+NORMS: tuple[str, ...] = ("linf", "l2", "l1", "l0")
 
 _NORM_ALIASES = {
     "linf": "linf", "inf": "linf", "l_inf": "linf",
     "l2": "l2", "2": "l2", "l_2": "l2",
     "l1": "l1", "1": "l1", "l_1": "l1",
+    "l0": "l0", "0": "l0", "l_0": "l0",
 }
 
 
 def canonical_norm(norm: str) -> Norm:
-    """Return 'linf', 'l2' or 'l1' for the accepted spellings; ValueError otherwise."""
+    """Return 'linf', 'l2', 'l1' or 'l0' for the accepted spellings; ValueError otherwise."""
     key = str(norm).strip().lower()
     if key not in _NORM_ALIASES:
         raise ValueError(f"unknown norm {norm!r}: expected one of {', '.join(NORMS)}")
     return _NORM_ALIASES[key]  # type: ignore[return-value]
 
 
+def pixels(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as (N, C, P): the channels of each of P pixels (an ``(N, C, H, W)`` batch), or every
+    coordinate its own one-channel pixel (any other shape). The unit L0 counts."""
+    if t.dim() == 4:
+        return t.flatten(2)
+    return t.flatten(1).unsqueeze(1)
+
+
+def project_l0_box(v: torch.Tensor, x: torch.Tensor, k: int, low: float, high: float) -> torch.Tensor:
+    """The exact Euclidean projection of ``v`` onto the points that differ from ``x`` in at most
+    ``k`` pixels (:func:`pixels`) and lie in ``[low, high]`` (``x`` inside the box). Per pixel the
+    best in-box value is ``clip(v)``; keeping it instead of ``x`` saves
+    ``||x - v||^2 - ||clip(v) - v||^2``, so the ``k`` pixels with the largest saving keep it."""
+    c = v.clamp(low, high)
+    pv, pc, px = pixels(v), pixels(c), pixels(x)
+    if k >= pv.shape[2]:
+        return c
+    gain = ((px - pv) ** 2 - (pc - pv) ** 2).sum(dim=1)  # (N, P)
+    keep = torch.zeros_like(gain, dtype=torch.bool)
+    if k > 0:
+        keep.scatter_(1, gain.topk(k, dim=1).indices, True)
+    keep &= (pc != px).any(dim=1)  # an unchanged pixel is no change, whatever its rank
+    return torch.where(keep[:, None, :], pc, px).view_as(v)
+
+
 def _flat_norm(t: torch.Tensor, norm: str) -> torch.Tensor:
+    if norm == "l0":
+        return (pixels(t) != 0).any(dim=1).sum(dim=1).to(t.dtype if t.is_floating_point() else torch.float32)
     flat = t.flatten(1)
     if norm == "linf":
         return flat.abs().amax(dim=1)
@@ -124,6 +156,8 @@ class ThreatModel:
             raise ValueError(f"eps must be a number, got {self.eps!r}") from None
         if not math.isfinite(eps) or eps < 0:
             raise ValueError(f"eps must be a finite number >= 0, got {self.eps!r}")
+        if self.norm == "l0" and not eps.is_integer():
+            raise ValueError(f"the l0 budget eps is a number of pixels, a whole number; got {self.eps!r}")
         object.__setattr__(self, "eps", eps)
         try:
             lo, hi = (float(b) for b in self.bounds)
@@ -156,9 +190,11 @@ class ThreatModel:
         For Linf the box intersection is exact; for L2 we scale into the ball, then clip to the
         bounds (clipping moves every coordinate toward ``x``, so the result stays in the ball);
         for L1 the result is the exact Euclidean projection onto the ball intersected with the
-        box (:func:`project_l1_box`).
+        box (:func:`project_l1_box`); for L0 the exact projection of :func:`project_l0_box`.
         """
         eps = self.eps if eps is None else eps
+        if self.norm == "l0":
+            return project_l0_box(x_adv, x, int(eps), *self.bounds)
         delta = x_adv - x
         if self.norm == "linf":
             delta = delta.clamp(-eps, eps)
@@ -174,7 +210,19 @@ class ThreatModel:
         return self.clip_bounds(x + delta)
 
     def random_start(self, x: torch.Tensor, generator: _rng.Generator = None) -> torch.Tensor:
-        """A point drawn uniformly from the eps-ball around ``x``, then clipped to the bounds."""
+        """A point drawn uniformly from the eps-ball around ``x``, then clipped to the bounds (L0:
+        ``eps`` pixels drawn at random, each set uniformly in the bounds)."""
+        if self.norm == "l0":
+            px = pixels(x)
+            n, c, p = px.shape
+            k = min(int(self.eps), p)
+            chosen = torch.zeros(n, p, dtype=torch.bool, device=x.device)
+            if k:
+                scores = _rng.rand(generator, (n, p), dtype=torch.float32, device=x.device)
+                chosen.scatter_(1, scores.topk(k, dim=1).indices, True)
+            lo, hi = self.bounds
+            values = lo + (hi - lo) * _rng.rand(generator, px.shape, dtype=x.dtype, device=x.device)
+            return torch.where(chosen[:, None, :], values, px).view_as(x)
         if self.norm == "linf":
             u = _rng.rand(generator, x.shape, dtype=x.dtype, device=x.device)
             delta = (2 * u - 1) * self.eps
@@ -200,7 +248,8 @@ class ThreatModel:
         and for L1 sign(g) on the coordinate(s) of largest |g| (ties share the unit mass).
 
         The L1 direction moves a single pixel: iterative L1 attacks use the sparse
-        :meth:`sparse_direction` instead (SLIDE, APGD-L1)."""
+        :meth:`sparse_direction` instead (SLIDE, APGD-L1). L0 has no gradient step (ValueError)."""
+        self._refuse_l0("gradient step")
         if self.norm == "linf":
             return grad.sign()
         if self.norm == "l1":
@@ -218,6 +267,7 @@ class ThreatModel:
         normalised to unit L1 norm. ``keep`` is a fraction in (0, 1], one for the batch or one
         per sample (shape (N,)). Coordinates with g = 0 never move; a zero gradient gives a zero
         direction. Use :meth:`free_gradient` first so that the kept coordinates can move."""
+        self._refuse_l0("gradient step")
         flat = grad.flatten(1)
         a = flat.abs()
         d = a.shape[1]
@@ -229,6 +279,11 @@ class ThreatModel:
             thr = a.kthvalue(d - k_int + 1, dim=1, keepdim=True).values
         e = flat.sign() * ((a >= thr) & (a > 0))
         return (e / e.abs().sum(dim=1, keepdim=True).clamp_min(1.0)).view_as(grad)
+
+    def _refuse_l0(self, what: str) -> None:
+        if self.norm == "l0":
+            raise ValueError(f"the l0 threat model has no {what}: use an attack that searches over pixel sets "
+                             "(sparse-rs)")
 
     def free_gradient(self, grad: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
         """``grad`` with 0 where ``x_adv`` sits on a bound and ascending would push it outside:

@@ -16,6 +16,8 @@ refusal of hostile input are in ``test_contract.py``.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -26,7 +28,7 @@ from helpers.attacks import accepts_target, eps_ball_names, models_held, variant
 from helpers.attacks import build as build_attack
 from helpers.state import assert_same_state, assert_tensor_untouched, snapshot, snapshot_tensor
 from robustlab import ThreatModel
-from robustlab.attacks import CW, PGD
+from robustlab.attacks import ATTACKS, CW, PGD
 
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -131,6 +133,9 @@ def check_output(x_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel) -> N
 def test_attack_invariants(name, sc):
     model, x, y, target = make_case(sc)
     threat = sc["threat"]
+    if "l0" in ATTACKS[name].norms and threat.norm not in ATTACKS[name].norms:
+        # an L0-only attack (sparse-rs): the same bounds, eps as a whole number of pixels
+        threat = ThreatModel("l0", float(math.ceil(2 * threat.eps)), threat.bounds)
     variant = sc["variant"] % len(variants(name))
 
     def make():

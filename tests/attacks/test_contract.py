@@ -36,12 +36,23 @@ THREATS = {
 }
 #: Every attack must support Linf and L2; a norm beyond those (L1) is checked for the attacks that
 #: accept it (the others must refuse it with a ValueError naming the norm).
-OPTIONAL_NORMS = {"l1": (2.0, (0.0, 1.0))}
+OPTIONAL_NORMS = {"l1": (2.0, (0.0, 1.0)), "l0": (3.0, (-1.0, 1.0))}
 for _norm, (_eps, _bounds) in OPTIONAL_NORMS.items():
     if _norm in NORMS:
         THREATS[_norm] = ThreatModel(_norm, _eps, _bounds)
-#: Attacks that do not support Linf or L2 (none today), with the reason.
-UNSUPPORTED_NORMS: dict[tuple[str, str], str] = {}
+#: Attacks that do not support Linf or L2, with the reason.
+UNSUPPORTED_NORMS: dict[tuple[str, str], str] = {
+    ("sparse-rs", "linf"): "an L0 attack (pixel sets), no Linf or L2 form",
+    ("sparse-rs", "l2"): "an L0 attack (pixel sets), no Linf or L2 form",
+}
+
+
+def home_threat(name: str) -> ThreatModel:
+    """Linf for the tests that need one threat model; an attack without a Linf form gets its own
+    norm (sparse-rs: L0, 3 pixels), with the same bounds (0, 1)."""
+    if (name, "linf") not in UNSUPPORTED_NORMS:
+        return THREATS["linf"]
+    return ThreatModel("l0", 3.0)
 
 
 class Net(nn.Module):
@@ -182,7 +193,7 @@ def mixed(model: Net, layout: str) -> Net:
 @pytest.mark.parametrize("name", NAMES)
 def test_mixed_train_eval_modes_come_back_exactly(name, eval_mode):
     """Restoring only the top-level mode (``model.train(top_mode)``) would flip these submodules."""
-    threat = THREATS["linf"]
+    threat = home_threat(name)
     x, y, target = data(threat)
     for layout in ("train, frozen BatchNorm and Dropout in eval", "eval, Dropout and head in train"):
         model = mixed(net(), layout)
@@ -254,6 +265,9 @@ def assert_queries_inside(batches, x: torch.Tensor, threat: ThreatModel, slack: 
             dist = diff.abs().amax(2)
         elif threat.norm == "l1":
             dist = diff.abs().sum(2)
+        elif threat.norm == "l0":  # changed pixels (channels at one position): the data are (N, 1, H, W)
+            assert x.shape[1] == 1, "the L0 branch counts coordinates as pixels: one-channel data only"
+            dist = (diff != 0).sum(2).to(x.dtype)
         else:
             dist = diff.norm(dim=2)
         nearest = dist.min(1).values
@@ -338,7 +352,7 @@ def test_bad_images_are_refused(name, case):
     model = net()
     before = snapshot(model)
     with pytest.raises(ValueError, match=message):
-        attack_for(name, THREATS["linf"])(model, bad, y if case != "empty" else y[:0])
+        attack_for(name, home_threat(name))(model, bad, y if case != "empty" else y[:0])
     assert_same_state(model, before)
 
 
@@ -360,7 +374,7 @@ BAD_Y = {
 def test_bad_labels_and_targets_are_refused(name, case):
     x, y = good()
     make, message = BAD_Y[case]
-    attack = attack_for(name, THREATS["linf"])
+    attack = attack_for(name, home_threat(name))
     model = net()
     with pytest.raises(ValueError, match=message):
         attack(model, x, make(y.clone()))
@@ -385,11 +399,11 @@ class WrongOutput(nn.Module):
 def test_models_returning_the_wrong_thing_are_refused(name, out):
     x, y = good()
     with pytest.raises(ValueError, match="NaN or infinite logits" if out == "nan" else "logits"):
-        attack_for(name, THREATS["linf"])(WrongOutput(out), x, y)
+        attack_for(name, home_threat(name))(WrongOutput(out), x, y)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_not_a_model_is_refused(name):
     x, y = good()
     with pytest.raises(ValueError, match="torch.nn.Module"):
-        attack_for(name, THREATS["linf"])(lambda t: t, x, y)  # type: ignore[arg-type]
+        attack_for(name, home_threat(name))(lambda t: t, x, y)  # type: ignore[arg-type]

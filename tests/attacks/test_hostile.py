@@ -4,6 +4,8 @@ silent wrong answer or a traceback from deep inside torch (property-based where 
 The per-attack refusals (bad images, labels, targets, model outputs) are checked for every
 registered attack in ``test_contract.py``; this file keeps the rest."""
 
+import math
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +14,7 @@ from hypothesis import strategies as st
 import robustlab
 from helpers.attacks import build, eps_ball_names
 from robustlab import ThreatModel
-from robustlab.attacks import is_adversarial
+from robustlab.attacks import ATTACKS, is_adversarial
 
 
 def tiny_model(classes=4, channels=1, side=6):
@@ -28,9 +30,17 @@ def good(n=3):
 NAMES = eps_ball_names()
 
 
+def threat_for(name, eps=0.1, norm="linf") -> ThreatModel:
+    """``ThreatModel(norm, eps)``; for an L0-only attack (sparse-rs) L0 with eps rounded up to whole
+    pixels (0 stays 0, 1e3 is more pixels than the images have)."""
+    if norm not in ATTACKS[name].norms and "l0" in ATTACKS[name].norms:
+        return ThreatModel("l0", float(math.ceil(eps)))
+    return ThreatModel(norm, eps)
+
+
 def attack(name, eps=0.1, norm="linf"):
     """The registered attack with its cheap settings (tests/helpers/attacks.py)."""
-    return build(name, ThreatModel(norm, eps), surrogate=lambda: tiny_model())
+    return build(name, threat_for(name, eps, norm), surrogate=lambda: tiny_model())
 
 
 def test_not_a_model_and_eps_and_norm():
@@ -75,7 +85,7 @@ def test_valid_edge_cases_give_valid_examples(name, n, eps, norm, contiguous):
     base = torch.rand(n, 1, 6, 12, generator=g)
     x = base[..., ::2] if not contiguous else base[..., :6].contiguous()
     y = torch.randint(0, 4, (n,), generator=g)
-    t = ThreatModel(norm, eps)
+    t = threat_for(name, eps, norm)
     before = x.clone()
     x_adv = attack(name, eps, norm)(tiny_model(), x, y)
     assert torch.equal(x, before)
@@ -141,7 +151,7 @@ def test_attacks_never_return_nan_examples(name):
     model = NaNAway()
     x_adv = attack(name)(model, x, y)
     assert bool(torch.isfinite(x_adv).all())
-    assert ThreatModel("linf", 0.1).contains(x_adv, x).all()
+    assert threat_for(name).contains(x_adv, x).all()
     res = attack(name).run(model, x, y)
     assert bool(torch.isfinite(res.x_adv).all())
     with torch.no_grad():

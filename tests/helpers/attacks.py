@@ -50,6 +50,7 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
         {"steps": 3, "targeted_classes": 3, "early_stop": True},
     ],
     "square": [{"queries": 12}, {"queries": 6, "restarts": 2, "p_init": 0.3, "loss": "ce"}],
+    "sparse-rs": [{"queries": 12}, {"queries": 6, "restarts": 2, "p_init": 0.8, "loss": "ce"}],
     "nes": [{"steps": 3, "samples": 4}, {"steps": 2, "samples": 6, "sigma": 0.01, "loss": "ce"}],
     "transfer": [
         {"surrogate": SURROGATE, "attack": _inner("pgd", steps=2)},

@@ -23,6 +23,7 @@ from .mse_penalty import MSEPenalty
 from .nes import NES
 from .noise import Noise
 from .pgd import PGD
+from .sparse_rs import SparseRS
 from .square import Square
 from .transfer import Transfer
 
@@ -36,6 +37,7 @@ ATTACKS: dict[str, type[Attack]] = {
     "noise": Noise,
     "apgd": APGD,
     "square": Square,
+    "sparse-rs": SparseRS,
     "nes": NES,
     "transfer": Transfer,
     "mse-penalty": MSEPenalty,
@@ -67,6 +69,7 @@ __all__ = [
     "AdvGAN",
     "APGD",
     "NES",
+    "SparseRS",
     "Square",
     "Transfer",
     "Crafted",

@@ -323,6 +323,9 @@ def run_checks(
     ``scale`` multiplies steps, queries and noise draws. ``whitebox_eot``: the fewest EOT draws
     of the evaluation's gradient attacks (see :func:`check_randomised`).
     """
+    if threat.norm == "l0":
+        raise ValueError("the gradient-masking checks compare gradient attacks, and the l0 threat model has none: "
+                         "evaluate it without --checks")
     check_images(x, threat)
     check_same_device(model, x=x, y=y)
     with torch.no_grad(), model_guard(model):

@@ -89,6 +89,9 @@ def evaluate(
         raise ValueError(f"threat must be a robustlab.ThreatModel, got {type(threat).__name__}")
     check_int("batch_size", batch_size, 1)
     first_index = check_int("first_index", first_index, 0)
+    if checks and threat.norm == "l0":  # refused before any attack runs
+        raise ValueError("the gradient-masking checks compare gradient attacks, and the l0 threat model has none: "
+                         "evaluate it without checks")
     if not isinstance(x, torch.Tensor) and is_stream(x):
         if y is not None:
             raise ValueError("y goes with x as a tensor; a Dataset or DataLoader yields its own labels (pass y=None)")

@@ -35,6 +35,8 @@ and its 5,000 queries include the starting point; the APGD and FAB notes are in 
 100 steps, 1 restart each, every gradient, loss and success decision averaged over 20 forward
 passes (EOT, ``eot=20``). The EOT draw count is not scaled.
 
+No suite covers L0 (pixel budgets): evaluate it with the Sparse-RS attack (``--attacks sparse-rs``).
+
 ``scale`` multiplies every step and query budget (never below 1), so tests and smoke runs can use
 the same composition at a fraction of the cost: ``build_suite("standard", t, scale=0.1)``.
 Restart and target-class counts are not scaled. Every attack has a fixed seed, so a suite is
@@ -119,4 +121,7 @@ def build_suite(name: str, threat: ThreatModel, scale: float = 1.0) -> list[Atta
         raise ValueError(f"scale must be a number > 0, got {scale!r}") from None
     if not math.isfinite(s) or s <= 0:
         raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+    if threat.norm == "l0":
+        raise ValueError(f"the {key!r} suite has no L0 attack: evaluate the l0 threat model with --attacks sparse-rs "
+                         "(Python: attacks=[SparseRS(threat)])")
     return SUITES[key](threat, s)
