@@ -148,3 +148,12 @@ def test_l0_has_no_gradient_step():
         ThreatModel("l0", 2).steepest_direction(torch.randn(2, 4))
     with pytest.raises(ValueError, match="sparse-rs"):
         ThreatModel("l0", 2).sparse_direction(torch.randn(2, 4), 0.5)
+
+
+def test_l0_counts_exactly_in_low_precision():
+    """bfloat16 holds integers exactly only up to 256: the count must not be cast to it."""
+    x = torch.zeros(1, 1, 20, 20, dtype=torch.bfloat16)
+    a = x.clone()
+    a.view(-1)[:257] = 1
+    t = ThreatModel("l0", 256)
+    assert t.distance(a, x).item() == 257 and not t.contains(a, x).any()

@@ -68,7 +68,8 @@ def project_l0_box(v: torch.Tensor, x: torch.Tensor, k: int, low: float, high: f
 
 def _flat_norm(t: torch.Tensor, norm: str) -> torch.Tensor:
     if norm == "l0":
-        return (pixels(t) != 0).any(dim=1).sum(dim=1).to(t.dtype if t.is_floating_point() else torch.float32)
+        # float32 at least: bfloat16 / float16 would round counts above 256 / 2048
+        return (pixels(t) != 0).any(dim=1).sum(dim=1).to(torch.float64 if t.dtype == torch.float64 else torch.float32)
     flat = t.flatten(1)
     if norm == "linf":
         return flat.abs().amax(dim=1)

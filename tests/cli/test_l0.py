@@ -64,3 +64,14 @@ def test_training_refuses_l0(tmp_path):
     assert res.exit_code == 2, (res.exit_code, res.output)
     assert "does not support the l0 threat model" in res.stderr, res.stderr
     assert not (tmp_path / "t").exists()
+
+
+def test_every_adversarial_objective_and_advgan_refuse_l0():
+    from robustlab.generative.advgan import AdvGanConfig
+    from robustlab.training import build_objective
+
+    for name in ("pgd-at", "trades", "fast-at", "alp"):
+        with pytest.raises(ValueError, match="l0"):
+            build_objective(name, eps=3, norm="l0")
+    with pytest.raises(ValueError, match="AdvGAN does not support the l0 threat model"):
+        AdvGanConfig(norm="l0", eps=3)

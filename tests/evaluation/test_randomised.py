@@ -171,6 +171,10 @@ def test_one_draw_accuracy_on_a_deterministic_model_is_the_verdict(digits_model,
             assert torch.equal(o.expected[o.attacked], o.robust[o.attacked].float())
         stream = evaluate(digits_model, TensorDataset(x, y), None, LINF, attacks, cascade=cascade, batch_size=25)
         assert torch.equal(stream.expected_robust, res.expected_robust)
+        # per attack, read like per_attack: cumulative in cascade mode, its own otherwise
+        doc = res.to_dict(per_sample=False)
+        for o in res.outcomes:
+            assert doc["attacks"][o.name]["expected_accuracy"] == pytest.approx(doc["per_attack"][o.name])
     halves = [evaluate(digits_model, x[i:i + 30], y[i:i + 30], LINF, [PGD(LINF, steps=3, seed=0, eot=2)]) for i in (0, 30)]
     merged = EvaluationResult.merge(*halves)
     assert torch.equal(merged.expected_robust, merged.robust.float())
@@ -202,6 +206,33 @@ def test_one_draw_accuracy_of_a_randomised_model_matches_an_independent_estimate
     want = torch.where(res.clean_correct, torch.nan_to_num(want, nan=0.0), torch.zeros_like(want))
     assert torch.allclose(res.expected_robust, want)
     assert res.to_dict()["expected_robust_accuracy"] == pytest.approx(float(want.mean()))
+
+
+class Slab(nn.Module):
+    """Two classes on (N, 1) inputs: class 1 only in a thin slab around ``c``, class 0 elsewhere
+    (the loss is flat outside the slab, so iterates that leave it stay correctly classified)."""
+
+    def __init__(self, c: float) -> None:
+        super().__init__()
+        self.c = c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = (x[:, :1] - self.c) ** 2
+        return torch.cat([1e4 * d - 1e-2, torch.zeros_like(d)], 1)
+
+
+def test_eot_apgd_never_turns_a_misclassified_input_into_a_correct_one():
+    """Under EOT every sample is attacked, but an input the model already misclassifies stays the
+    best point until a misclassified iterate replaces it. Inputs at the slab's centre are class 1
+    (label 0: misclassified); the random starts of APGD at Linf 0.3 leave the slab. (Before this
+    was fixed, eot=2 returned a correctly classified iterate in all 35 x 3 of these cases.)"""
+    t = ThreatModel("linf", 0.3)
+    for c in torch.linspace(0.33, 0.67, 35).tolist():
+        model, x, y = Slab(c), torch.tensor([[c]]), torch.tensor([0])
+        assert model(x).argmax(1).item() == 1
+        for steps in (1, 3, 10):
+            res = APGD(t, steps=steps, seed=0, eot=2).run(model, x, y)
+            assert res.success.item() and model(res.x_adv).argmax(1).item() == 1, (c, steps)
 
 
 # --- the randomisation check -----------------------------------------------------------------

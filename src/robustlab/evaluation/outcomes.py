@@ -66,9 +66,6 @@ class AttackOutcome:
             out["settings"] = self.settings
         if self.model_copy:
             out["model_copy"] = self.model_copy
-        if self.expected is not None:
-            per = torch.where(self.attacked, self.expected, clean_correct.to(self.expected.dtype))
-            out["expected_accuracy"] = float(per.mean()) if n else 0.0
         for k, v in self.norms.items():
             sel = v[fooled] if fooled.any() else v[:0]
             out[f"mean_{k}"] = float(sel.mean()) if len(sel) else 0.0
@@ -214,13 +211,21 @@ class EvaluationResult:
         draw of the model classifies the sample's worst example correctly: the minimum over the
         attacks that ran on it of their ``expected`` fraction (an attack without it counts 1 or 0,
         its verdict); 0 where the clean prediction was wrong. None when no attack averaged draws."""
+        steps = self._expected_steps()
+        return None if steps is None else steps[1]
+
+    def _expected_steps(self) -> tuple[list[torch.Tensor], torch.Tensor] | None:
+        """Per attack its one-draw figure per sample (in cascade mode cumulative, as ``per_attack``:
+        the minimum over it and the attacks before; otherwise its own), and the minimum over all."""
         if all(o.expected is None for o in self.outcomes):
             return None
-        worst = self.clean_correct.to(torch.float32)
+        clean = self.clean_correct.to(torch.float32)
+        worst, per = clean, []
         for o in self.outcomes:
-            mine = o.robust.to(worst.dtype) if o.expected is None else o.expected.to(worst.dtype)
+            mine = o.robust.to(clean.dtype) if o.expected is None else o.expected.to(clean.dtype)
             worst = torch.where(o.attacked, torch.minimum(worst, mine), worst)
-        return worst
+            per.append(worst if self.cascade else torch.where(o.attacked, torch.minimum(clean, mine), clean))
+        return per, worst
 
     @property
     def expected_robust_accuracy(self) -> float | None:
@@ -250,6 +255,10 @@ class EvaluationResult:
             "checks": self.checks,
             **self.extra,
         }
+        if (steps := self._expected_steps()) is not None:
+            for o, fig in zip(self.outcomes, steps[0]):
+                if o.expected is not None:
+                    d["attacks"][o.name]["expected_accuracy"] = float(fig.sum()) / max(self.n, 1)
         if per_sample:
             d["per_sample"] = {
                 "clean_correct": self.clean_correct.int().tolist(),

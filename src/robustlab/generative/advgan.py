@@ -94,7 +94,9 @@ class AdvGanConfig:
     monitor_n: int = 1000
 
     def __post_init__(self) -> None:
-        ThreatModel(canonical_norm(self.norm), self.eps)  # validates norm and eps
+        if ThreatModel(canonical_norm(self.norm), self.eps).norm == "l0":  # validates norm and eps
+            raise ValueError("AdvGAN does not support the l0 threat model: its generator's output is scaled to a "
+                             "Linf, L2 or L1 budget and changes every pixel")
         for name, minimum in (("epochs", 1), ("batch_size", 2), ("width", 1), ("blocks", 0), ("downsamplings", 1),
                               ("monitor_n", 1)):
             setattr(self, name, check_int(name, getattr(self, name), minimum))

@@ -109,6 +109,9 @@ class _Adversarial(_Configured):
 
     def __init__(self, eps: float, norm: str, **options: Any) -> None:
         self.threat = ThreatModel(canonical_norm(norm), eps)
+        if self.threat.norm == "l0":  # refused here, before any data or model is set up
+            raise ValueError(f"{type(self).__name__} does not support the l0 threat model: adversarial training crafts "
+                             "its examples with gradient steps, and L0 has none")
         self._options = {"eps": self.threat.eps, "norm": self.threat.norm, **options}
 
     def _labels(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, predicted: bool) -> torch.Tensor:
