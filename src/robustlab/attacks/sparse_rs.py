@@ -34,7 +34,7 @@ from ..threat import ThreatModel, pixels
 from ._best import BestPoints
 from .base import Attack, OptGen, OptTensor, is_adversarial
 from .losses import LossFn
-from .square import p_schedule
+from .square import p_schedule, search_restarts
 
 
 class SparseRS(Attack):
@@ -81,17 +81,7 @@ class SparseRS(Attack):
             return self.loss_fn(logits, ys, ts).to(x.dtype), is_adversarial(logits, ys, ts)
 
         best = BestPoints(px.clone(), *query(px, y, target))
-        queries = torch.zeros(len(x), dtype=torch.long, device=x.device)
-        if int(self.threat.eps) == 0:
-            return x.clone(), queries
-        for _ in range(self.restarts):
-            idx = best.pending()
-            if idx.numel() == 0:
-                break
-            ts = None if target is None else target[idx]
-            run, qr = self._run_once(query, px[idx], y[idx], ts, _rng.subset(generator, idx))
-            best.update(run.x, run.loss, run.succ, idx)
-            queries[idx] += qr
+        queries = search_restarts(best, self.restarts, self._run_once, query, px, y, target, generator)
         return best.x.reshape(shape), queries
 
     def _vertices(self, shape: tuple[int, ...], generator: _rng.Generator, like: torch.Tensor) -> torch.Tensor:

@@ -55,6 +55,26 @@ def p_schedule(p_init: float, it: int, n_iters: int, rescale: bool = True) -> fl
     return p_init / 512
 
 
+def search_restarts(
+    best: BestPoints, restarts: int, run_once: Callable[..., tuple[BestPoints, torch.Tensor]],
+    query: Callable[..., tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor, y: torch.Tensor, target: OptTensor,
+    generator: OptGen,
+) -> torch.Tensor:
+    """Restarts of a random search (Square, Sparse-RS): each ``run_once(query, x, y, target,
+    generator)`` on the samples ``best`` does not count as broken yet, its points offered to
+    ``best``. Returns the queries spent per sample."""
+    queries = torch.zeros(len(x), dtype=torch.long, device=x.device)
+    for _ in range(restarts):
+        idx = best.pending()
+        if idx.numel() == 0:
+            break
+        ts = None if target is None else target[idx]
+        run, qr = run_once(query, x[idx], y[idx], ts, _rng.subset(generator, idx))
+        best.update(run.x, run.loss, run.succ, idx)
+        queries[idx] += qr
+    return queries
+
+
 def _rings(rows: int, cols: int) -> torch.Tensor:
     """A (rows, cols) block of concentric rectangles weighted 1/r^2 (peak in the centre), unit L2."""
     d = torch.zeros(rows, cols, dtype=torch.float64)
@@ -145,7 +165,6 @@ class Square(Attack):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         shape = x.shape
         x4 = _as_images(x)
-        n = x4.shape[0]
 
         def query(z4: torch.Tensor, ys: torch.Tensor, ts: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
             with torch.no_grad():
@@ -153,15 +172,7 @@ class Square(Attack):
             return self.loss_fn(logits, ys, ts).to(x.dtype), is_adversarial(logits, ys, ts)
 
         best = BestPoints(x4.clone(), *query(x4, y, target))
-        queries = torch.zeros(n, dtype=torch.long, device=x.device)
-        for _ in range(self.restarts):
-            idx = best.pending()
-            if idx.numel() == 0:
-                break
-            ts = None if target is None else target[idx]
-            run, qr = self._run_once(query, x4[idx], y[idx], ts, _rng.subset(generator, idx))
-            best.update(run.x, run.loss, run.succ, idx)
-            queries[idx] += qr
+        queries = search_restarts(best, self.restarts, self._run_once, query, x4, y, target, generator)
         return best.x.reshape(shape), queries
 
     def _run_once(

@@ -242,20 +242,21 @@ class EvaluationResult:
     def to_dict(self, per_sample: bool = True) -> dict[str, Any]:
         """The JSON-able report: schema version, threat model, accuracies, per-attack summaries, checks and
         ``extra``; with ``per_sample`` also the per-sample 0/1 lists (clean, robust, robust per attack)."""
+        steps = self._expected_steps()
         d: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "threat": self.threat.to_dict(),
             "n": self.n,
             "clean_accuracy": self.clean_accuracy,
             "robust_accuracy": self.robust_accuracy,
-            **({} if (e := self.expected_robust_accuracy) is None else {"expected_robust_accuracy": e}),
+            **({} if steps is None else {"expected_robust_accuracy": float(steps[1].sum()) / max(self.n, 1)}),
             "per_attack": self.per_attack,
             "per_attack_mode": "cumulative" if self.cascade else "independent",
             "attacks": {o.name: o.summary(self.clean_correct) for o in self.outcomes},
             "checks": self.checks,
             **self.extra,
         }
-        if (steps := self._expected_steps()) is not None:
+        if steps is not None:
             for o, fig in zip(self.outcomes, steps[0]):
                 if o.expected is not None:
                     d["attacks"][o.name]["expected_accuracy"] = float(fig.sum()) / max(self.n, 1)
@@ -265,8 +266,8 @@ class EvaluationResult:
                 "robust": self.robust.int().tolist(),
                 **{f"robust_{o.name}": o.robust.int().tolist() for o in self.outcomes},
             }
-            if (er := self.expected_robust) is not None:
-                d["per_sample"]["expected_robust"] = [round(v, 4) for v in er.tolist()]
+            if steps is not None:
+                d["per_sample"]["expected_robust"] = [round(v, 4) for v in steps[1].tolist()]
         return d
 
     @classmethod
