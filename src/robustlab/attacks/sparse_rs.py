@@ -32,9 +32,9 @@ from .. import _rng
 from .._torch import check_fraction, check_int
 from ..threat import ThreatModel, pixels
 from ._best import BestPoints
-from .base import Attack, OptGen, OptTensor, is_adversarial
+from .base import Attack, OptGen, OptTensor
 from .losses import LossFn
-from .square import p_schedule, search_restarts
+from .square import p_schedule, random_search
 
 
 class SparseRS(Attack):
@@ -72,17 +72,7 @@ class SparseRS(Attack):
     def _attack(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: OptTensor, generator: OptGen
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = x.shape
-        px = pixels(x)  # (N, C, P)
-
-        def query(z: torch.Tensor, ys: torch.Tensor, ts: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-            with torch.no_grad():
-                logits = model(z.reshape(z.shape[0], *shape[1:]))
-            return self.loss_fn(logits, ys, ts).to(x.dtype), is_adversarial(logits, ys, ts)
-
-        best = BestPoints(px.clone(), *query(px, y, target))
-        queries = search_restarts(best, self.restarts, self._run_once, query, px, y, target, generator)
-        return best.x.reshape(shape), queries
+        return random_search(model, self.loss_fn, x, pixels(x), y, target, self.restarts, self._run_once, generator)
 
     def _vertices(self, shape: tuple[int, ...], generator: _rng.Generator, like: torch.Tensor) -> torch.Tensor:
         """Random vertices of the box: every entry the low or the high bound."""

@@ -55,24 +55,32 @@ def p_schedule(p_init: float, it: int, n_iters: int, rescale: bool = True) -> fl
     return p_init / 512
 
 
-def search_restarts(
-    best: BestPoints, restarts: int, run_once: Callable[..., tuple[BestPoints, torch.Tensor]],
-    query: Callable[..., tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor, y: torch.Tensor, target: OptTensor,
-    generator: OptGen,
-) -> torch.Tensor:
-    """Restarts of a random search (Square, Sparse-RS): each ``run_once(query, x, y, target,
-    generator)`` on the samples ``best`` does not count as broken yet, its points offered to
-    ``best``. Returns the queries spent per sample."""
+def random_search(
+    model: nn.Module, loss_fn: LossFn, x: torch.Tensor, view: torch.Tensor, y: torch.Tensor, target: OptTensor,
+    restarts: int, run_once: Callable[..., tuple[BestPoints, torch.Tensor]], generator: OptGen,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A score-based random search with restarts (Square, Sparse-RS) on ``view``, a reshaped view of
+    ``x`` the search works in: the starting points are scored, then each ``run_once(query, view,
+    y, target, generator)`` runs on the samples not broken yet and offers its points. ``query(points,
+    y, target) -> (loss, success)`` calls the model without gradients on points reshaped as ``x``.
+    Returns the best points (shaped as ``x``) and the queries spent per sample."""
+
+    def query(z: torch.Tensor, ys: torch.Tensor, ts: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            logits = model(z.reshape(z.shape[0], *x.shape[1:]))
+        return loss_fn(logits, ys, ts).to(x.dtype), is_adversarial(logits, ys, ts)
+
+    best = BestPoints(view.clone(), *query(view, y, target))
     queries = torch.zeros(len(x), dtype=torch.long, device=x.device)
     for _ in range(restarts):
         idx = best.pending()
         if idx.numel() == 0:
             break
         ts = None if target is None else target[idx]
-        run, qr = run_once(query, x[idx], y[idx], ts, _rng.subset(generator, idx))
+        run, qr = run_once(query, view[idx], y[idx], ts, _rng.subset(generator, idx))
         best.update(run.x, run.loss, run.succ, idx)
         queries[idx] += qr
-    return queries
+    return best.x.reshape(x.shape), queries
 
 
 def _rings(rows: int, cols: int) -> torch.Tensor:
@@ -163,17 +171,7 @@ class Square(Attack):
     def _attack(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: OptTensor, generator: OptGen
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = x.shape
-        x4 = _as_images(x)
-
-        def query(z4: torch.Tensor, ys: torch.Tensor, ts: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-            with torch.no_grad():
-                logits = model(z4.reshape(z4.shape[0], *shape[1:]))
-            return self.loss_fn(logits, ys, ts).to(x.dtype), is_adversarial(logits, ys, ts)
-
-        best = BestPoints(x4.clone(), *query(x4, y, target))
-        queries = search_restarts(best, self.restarts, self._run_once, query, x4, y, target, generator)
-        return best.x.reshape(shape), queries
+        return random_search(model, self.loss_fn, x, _as_images(x), y, target, self.restarts, self._run_once, generator)
 
     def _run_once(
         self,

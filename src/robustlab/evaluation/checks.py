@@ -304,6 +304,13 @@ def whitebox_robust_from_result(result: EvaluationResult, whitebox_names: Sequen
     return r
 
 
+def require_gradient_norm(threat: ThreatModel) -> None:
+    """ValueError for the l0 threat model: the checks compare gradient attacks, and L0 has none."""
+    if threat.norm == "l0":
+        raise ValueError("the gradient-masking checks compare gradient attacks, and the l0 threat model has none: "
+                         "evaluate it without checks")
+
+
 def run_checks(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
     result: EvaluationResult | None = None,
@@ -323,9 +330,7 @@ def run_checks(
     ``scale`` multiplies steps, queries and noise draws. ``whitebox_eot``: the fewest EOT draws
     of the evaluation's gradient attacks (see :func:`check_randomised`).
     """
-    if threat.norm == "l0":
-        raise ValueError("the gradient-masking checks compare gradient attacks, and the l0 threat model has none: "
-                         "evaluate it without --checks")
+    require_gradient_norm(threat)
     check_images(x, threat)
     check_same_device(model, x=x, y=y)
     with torch.no_grad(), model_guard(model):

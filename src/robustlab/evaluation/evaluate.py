@@ -17,7 +17,7 @@ from .._torch import check_int, model_guard, predict
 from ..attacks.base import Attack, require_eps_ball
 from ..threat import ThreatModel
 from ..validation import check_images, check_labels, check_logits, check_same_device
-from .checks import format_checks, run_checks
+from .checks import format_checks, require_gradient_norm, run_checks
 from .outcomes import EvaluationResult, keep_first_breaks, run_attack
 from .streaming import is_stream, materialise, stream_outcomes
 from .suites import build_suite
@@ -89,9 +89,8 @@ def evaluate(
         raise ValueError(f"threat must be a robustlab.ThreatModel, got {type(threat).__name__}")
     check_int("batch_size", batch_size, 1)
     first_index = check_int("first_index", first_index, 0)
-    if checks and threat.norm == "l0":  # refused before any attack runs
-        raise ValueError("the gradient-masking checks compare gradient attacks, and the l0 threat model has none: "
-                         "evaluate it without checks")
+    if checks:
+        require_gradient_norm(threat)  # refused before any attack runs
     if not isinstance(x, torch.Tensor) and is_stream(x):
         if y is not None:
             raise ValueError("y goes with x as a tensor; a Dataset or DataLoader yields its own labels (pass y=None)")
